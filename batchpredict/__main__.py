@@ -1,0 +1,3 @@
+from batchpredict.cli import main
+
+main()

@@ -1,0 +1,366 @@
+"""The `batchpredict` command.
+
+    batchpredict run INPUT... --output PREFIX [--model NAME]   create and run a job here
+    batchpredict jobs list|get                                  read the job store
+    batchpredict models list|pull                               the model registry
+
+Errors are printed as one sentence that says what to do, never a traceback; exit codes: 0 job
+SUCCEEDED, 1 job FAILED or CANCELLED, 2 bad usage or input, 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from batchpredict.config import Settings
+from batchpredict.errors import BatchPredictError
+from batchpredict.jobs import Job, JobState, format_time
+from batchpredict.runner import JobRunner
+from batchpredict.runner import Progress as RunProgress
+from batchpredict.store import open_store
+
+__all__ = ["main"]
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]Error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns our errors into one line and an exit code instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatchPredictError as exc:
+            _fail(exc.message)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batchpredict")
+def main() -> None:
+    """Vertex AI batch prediction, self-hosted: JSONL of Gemini requests in, predictions out."""
+
+
+def load_registry(settings: Settings) -> Any:
+    from batchpredict.backends.registry import ModelRegistry
+
+    if settings.models_file:
+        return ModelRegistry.load(settings.models_file)
+    return ModelRegistry.default()
+
+
+def _fingerprint(inputs: list[str], output: str, model: str) -> str:
+    norm = [os.path.abspath(u) if "://" not in u else u for u in inputs]
+    out_norm = os.path.abspath(output) if "://" not in output else output
+    return hashlib.sha256(orjson.dumps([norm, out_norm, model])).hexdigest()
+
+
+# -- run ------------------------------------------------------------------------------------
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, help="Output prefix: a folder, gs://... or s3://...")
+@click.option("--model", "-m", default="smollm2-135m", show_default=True, help="Model name.")
+@click.option("--display-name", default=None, help="Job name shown in lists.")
+@click.option("--data-dir", default=None, help="Where the job store lives [~/.batchpredict].")
+@click.option("--chunk-rows", type=int, default=None, help="Export a chunk every N rows.")
+@click.option("--chunk-seconds", type=float, default=None, help="...or every N seconds.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run(
+    inputs: tuple[str, ...],
+    output: str,
+    model: str,
+    display_name: str | None,
+    data_dir: str | None,
+    chunk_rows: int | None,
+    chunk_seconds: float | None,
+    quiet: bool,
+) -> None:
+    """Run a batch job on INPUT files (JSONL, paths or wildcards) and write predictions.
+
+    Running the same command again after a crash or Ctrl-C resumes the same job.
+    """
+    settings = Settings.from_env(
+        data_dir=data_dir, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds
+    )
+    registry = load_registry(settings)
+    registry.resolve(model)
+    store = open_store(settings)
+    fp = _fingerprint(list(inputs), output, model)
+    job = store.find_by_fingerprint(fp)
+    if job is not None:
+        err.print(
+            f"Resuming job {job.id} ({job.counts.done} rows already done) "
+            f"into {job.output_dir}", highlight=False,
+        )
+    else:
+        job = store.create(
+            Job(
+                display_name=display_name or f"run-{time.strftime('%Y%m%d-%H%M%S')}",
+                model=model,
+                input_uris=list(inputs),
+                output_prefix=output,
+                fingerprint=fp,
+            )
+        )
+        err.print(f"Created job {job.id}", highlight=False)
+    final = asyncio.run(_run_job(store, registry, job, settings, quiet))
+    _print_summary(final)
+    if final.state == JobState.JOB_STATE_RUNNING:
+        err.print("Interrupted. Run the same command again to resume.")
+        sys.exit(130)
+    sys.exit(0 if final.state == JobState.JOB_STATE_SUCCEEDED else 1)
+
+
+async def _run_job(store: Any, registry: Any, job: Job, settings: Settings, quiet: bool) -> Job:
+    interrupt = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if interrupt.is_set():
+            os._exit(130)  # second Ctrl-C: the chunks already written are safe
+        err.print("\nStopping: writing completed rows (Ctrl-C again to quit now)...")
+        interrupt.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    loop.add_signal_handler(signal.SIGTERM, on_sigint)
+    with _ProgressBar(quiet) as bar:
+        with err.status(f"Loading model {job.model}...", spinner="dots") if not quiet else _null():
+            backend = await registry.backend_for(job.model)
+        runner = JobRunner(
+            store, job, backend, settings.runner_settings(), on_progress=bar.update,
+            interrupt=interrupt,
+        )
+        try:
+            return await runner.run()
+        finally:
+            await registry.close()
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _ProgressBar:
+    """rows, rows/s, tokens/s and ETA; rates count this run's rows only."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.completed:,.0f}/{task.fields[total_text]} rows"),
+            TextColumn("{task.fields[rate]} rows/s"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err,
+            disable=quiet,
+        )
+        self.task = self.progress.add_task("predict", total=None, total_text="?", rate="-", tps="-")
+        self.started = time.monotonic()
+        self.first: RunProgress | None = None
+        self.last_draw = 0.0
+
+    def __enter__(self) -> _ProgressBar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, p: RunProgress) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first, self.started = p, now
+        if now - self.last_draw < 0.1 and p.done != p.total:
+            return
+        self.last_draw = now
+        elapsed = max(now - self.started, 1e-6)
+        rows = p.done - self.first.done
+        tokens = p.tokens - self.first.tokens
+        self.progress.update(
+            self.task,
+            completed=p.done,
+            total=p.total,
+            total_text=f"{p.total:,}" if p.total is not None else "?",
+            rate=f"{rows / elapsed:,.1f}",
+            tps=f"{tokens / elapsed:,.0f}",
+        )
+
+
+def _print_summary(job: Job) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("job", f"{job.id} ({job.display_name})")
+    table.add_row("state", _state_text(job.state))
+    table.add_row(
+        "rows",
+        f"{job.counts.succeeded} succeeded, {job.counts.failed} failed, "
+        f"{job.incomplete} incomplete",
+    )
+    table.add_row(
+        "tokens",
+        f"{job.counts.prompt_tokens} prompt + {job.counts.candidates_tokens} output = "
+        f"{job.counts.total_tokens} (successful rows)",
+    )
+    if job.start_time and job.end_time:
+        seconds = (job.end_time - job.start_time).total_seconds()
+        table.add_row("time", f"{seconds:.1f} s")
+    if job.output_dir:
+        done = job.state.is_terminal
+        table.add_row("output", f"{job.output_dir}/predictions.jsonl" if done else job.output_dir)
+    if job.error:
+        table.add_row("error", job.error.get("message", ""))
+    out.print(table, highlight=False)
+
+
+_STATE_COLOURS = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "yellow",
+    "CANCELLING": "yellow",
+    "RUNNING": "cyan",
+    "PENDING": "blue",
+}
+
+
+def _state_text(state: JobState) -> str:
+    return f"[{_STATE_COLOURS.get(state.short, 'white')}]{state.short}[/]"
+
+
+# -- jobs -----------------------------------------------------------------------------------
+@main.group()
+def jobs() -> None:
+    """Inspect jobs in the local job store."""
+
+
+def _local_store(data_dir: str | None) -> Any:
+    return open_store(Settings.from_env(data_dir=data_dir))
+
+
+def print_jobs_table(items: list[dict[str, Any]]) -> None:
+    """A table of BatchPredictionJob resources (API JSON), one per line."""
+    table = Table()
+    for col in ("id", "display name", "model", "state", "succeeded", "failed", "created"):
+        table.add_column(col)
+    for j in items:
+        stats = j.get("completionStats") or {}
+        table.add_row(
+            j["name"].rsplit("/", 1)[-1],
+            j.get("displayName", ""),
+            j.get("model", ""),
+            _state_text(JobState(j["state"])),
+            stats.get("successfulCount", "-"),
+            stats.get("failedCount", "-"),
+            j.get("createTime", ""),
+        )
+    out.print(table)
+
+
+def print_job(j: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(j, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(show_header=False, box=None)
+    stats = j.get("completionStats") or {}
+    progress = j.get("progress") or {}
+    rows: list[tuple[str, str]] = [
+        ("name", j["name"]),
+        ("display name", j.get("displayName", "")),
+        ("model", j.get("model", "")),
+        ("state", _state_text(JobState(j["state"]))),
+        ("input", ", ".join(j["inputConfig"]["gcsSource"]["uris"])),
+        ("output", (j.get("outputInfo") or {}).get("gcsOutputDirectory", "")),
+        ("rows", f"{stats.get('successfulCount', '0')} succeeded, "
+                 f"{stats.get('failedCount', '0')} failed, "
+                 f"{stats.get('incompleteCount', '0')} incomplete"
+                 f" (of {progress.get('totalCount') or '?'})"),
+        ("tokens", progress.get("totalTokenCount", "0")),
+        ("created", j.get("createTime", "")),
+        ("started", j.get("startTime", "")),
+        ("ended", j.get("endTime", "")),
+    ]
+    if j.get("error"):
+        rows.append(("error", j["error"].get("message", "")))
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table, highlight=False)
+
+
+@jobs.command("list")
+@click.option("--data-dir", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+def jobs_list(data_dir: str | None, as_json: bool) -> None:
+    """List jobs, newest first."""
+    items = [j.to_api() for j in _local_store(data_dir).list()]
+    if as_json:
+        click.echo(orjson.dumps({"batchPredictionJobs": items}, option=orjson.OPT_INDENT_2))
+    else:
+        print_jobs_table(items)
+
+
+@jobs.command("get")
+@click.argument("job_id", type=int)
+@click.option("--data-dir", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+def jobs_get(job_id: int, data_dir: str | None, as_json: bool) -> None:
+    """Show one job."""
+    print_job(_local_store(data_dir).get(job_id).to_api(), as_json)
+
+
+# -- models ---------------------------------------------------------------------------------
+@main.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json: bool) -> None:
+    """Models a job may name, and the backend that answers each."""
+    entries = load_registry(Settings.from_env()).describe()
+    if as_json:
+        click.echo(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
+        return
+    table = Table()
+    for col in ("model", "backend", "description"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["name"], e["backend"], e["description"])
+    out.print(table)
+
+
+@models.command("pull")
+def models_pull() -> None:
+    """Prepare the embedded model (convert the bundled GGUF once into a fast-loading folder)."""
+    from batchpredict.backends.local import prepare_embedded_model
+
+    started = time.monotonic()
+    with err.status("Preparing the embedded model (about a minute the first time)..."):
+        path = prepare_embedded_model()
+    out.print(f"Embedded model ready in {path} ({time.monotonic() - started:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Settings: where batchpredict keeps its data and how it runs jobs.
+
+Each setting comes from a `BATCHPREDICT_*` environment variable, else its default; the CLI's
+flags override both. `Settings.describe()` lists them all (the README's table is checked
+against it by a test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchpredict.errors import InvalidArgument
+from batchpredict.runner import RunnerSettings
+
+__all__ = ["Settings"]
+
+
+def _default_data_dir() -> str:
+    return str(Path.home() / ".batchpredict")
+
+
+@dataclass
+class Settings:
+    #: Job store (SQLite) and server state live here.
+    data_dir: str = field(default_factory=_default_data_dir)
+    #: Job store URL: empty for SQLite in data_dir, or postgresql://...
+    store_url: str = ""
+    #: Model registry file (TOML); empty for the built-in registry (the embedded model).
+    models_file: str = ""
+    #: Write a chunk of output after this many rows...
+    chunk_rows: int = 10_000
+    #: ...or after this many seconds, whichever comes first.
+    chunk_seconds: float = 10.0
+    #: Longest input line accepted, in bytes; longer lines become error rows.
+    max_line_bytes: int = 16 * 1024 * 1024
+    #: A job still running this long after it started ends FAILED (24 h, as on Vertex).
+    time_limit_seconds: float = 24 * 3600.0
+    #: Jobs the server runs at once; more wait in JOB_STATE_PENDING.
+    max_running_jobs: int = 1
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env = os.environ.get(f"BATCHPREDICT_{f.name.upper()}")
+            if env is not None and env != "":
+                values[f.name] = _convert(f, env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str]]:
+        """(environment variable, default) for every setting."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out.append((f"BATCHPREDICT_{f.name.upper()}", str(default)))
+        return out
+
+    def runner_settings(self) -> RunnerSettings:
+        return RunnerSettings(
+            chunk_rows=self.chunk_rows,
+            chunk_seconds=self.chunk_seconds,
+            max_line_bytes=self.max_line_bytes,
+            time_limit_seconds=self.time_limit_seconds,
+        )
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.data_dir).expanduser() / "jobs.sqlite3"
+
+
+def _convert(f: dataclasses.Field[Any], text: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"BATCHPREDICT_{f.name.upper()}={text!r} is not a valid {kind}. Set it to a number."
+        ) from None
+    return text

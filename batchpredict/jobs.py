@@ -1,0 +1,232 @@
+"""The BatchPredictionJob resource: its states, the allowed transitions, its counts and JSON form.
+
+A `Job` is what the job store keeps. `Job.to_api()` renders Vertex's BatchPredictionJob JSON
+(int64 counts as strings, RFC 3339 times); everything else about a job lives here too: which state
+may follow which (`ALLOWED_TRANSITIONS`, enforced by the store's one transition method), the
+completion stats and token usage of its committed rows, and the runner's checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "TERMINAL_STATES",
+    "Checkpoint",
+    "Job",
+    "JobState",
+    "RowCounts",
+    "format_time",
+    "owner_id",
+    "parse_time",
+    "utcnow",
+]
+
+
+class JobState(str, Enum):
+    JOB_STATE_UNSPECIFIED = "JOB_STATE_UNSPECIFIED"
+    JOB_STATE_QUEUED = "JOB_STATE_QUEUED"
+    JOB_STATE_PENDING = "JOB_STATE_PENDING"
+    JOB_STATE_RUNNING = "JOB_STATE_RUNNING"
+    JOB_STATE_SUCCEEDED = "JOB_STATE_SUCCEEDED"
+    JOB_STATE_FAILED = "JOB_STATE_FAILED"
+    JOB_STATE_CANCELLING = "JOB_STATE_CANCELLING"
+    JOB_STATE_CANCELLED = "JOB_STATE_CANCELLED"
+    JOB_STATE_PAUSED = "JOB_STATE_PAUSED"
+    JOB_STATE_EXPIRED = "JOB_STATE_EXPIRED"
+    JOB_STATE_UPDATING = "JOB_STATE_UPDATING"
+    JOB_STATE_PARTIALLY_SUCCEEDED = "JOB_STATE_PARTIALLY_SUCCEEDED"
+
+    @property
+    def short(self) -> str:
+        """'RUNNING' for JOB_STATE_RUNNING: what tables show."""
+        return self.value.removeprefix("JOB_STATE_")
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+S = JobState
+TERMINAL_STATES = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
+
+#: Every state change goes through the store's `transition`, which refuses pairs not listed here.
+#: RUNNING -> RUNNING is a resume (a new runner takes over after a crash or Ctrl-C).
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.JOB_STATE_PENDING: frozenset(
+        {S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED}
+    ),
+    S.JOB_STATE_RUNNING: frozenset(
+        {
+            S.JOB_STATE_RUNNING,
+            S.JOB_STATE_SUCCEEDED,
+            S.JOB_STATE_FAILED,
+            S.JOB_STATE_CANCELLING,
+        }
+    ),
+    S.JOB_STATE_CANCELLING: frozenset({S.JOB_STATE_CANCELLED}),
+    S.JOB_STATE_SUCCEEDED: frozenset(),
+    S.JOB_STATE_FAILED: frozenset(),
+    S.JOB_STATE_CANCELLED: frozenset(),
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(t: datetime | None) -> str | None:
+    """RFC 3339 with microseconds and Z, as Vertex writes timestamps."""
+    if t is None:
+        return None
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def owner_id() -> str:
+    """Who runs a job: host and pid, so a later process can tell a dead runner from a live one."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class RowCounts:
+    """Counts over committed output lines. Tokens are summed over successful rows only."""
+
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    candidates_tokens: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.candidates_tokens
+
+    def add(self, other: RowCounts) -> None:
+        self.succeeded += other.succeeded
+        self.failed += other.failed
+        self.prompt_tokens += other.prompt_tokens
+        self.candidates_tokens += other.candidates_tokens
+
+
+@dataclass
+class Checkpoint:
+    """What a runner needs to resume: the resolved input files and the rows already committed."""
+
+    inputs: list[str] = field(default_factory=list)
+    committed_rows: int = 0
+    #: "running" while rows flow; "assembling" once every chunk is written and predictions.jsonl
+    #: is being put together (a crash then only redoes the assembly).
+    phase: str = "running"
+
+
+@dataclass
+class Job:
+    display_name: str
+    model: str
+    input_uris: list[str]
+    output_prefix: str
+    project: str = "local"
+    location: str = "us-central1"
+    labels: dict[str, str] = field(default_factory=dict)
+    id: int = 0
+    state: JobState = JobState.JOB_STATE_PENDING
+    error: dict[str, Any] | None = None
+    create_time: datetime = field(default_factory=utcnow)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    update_time: datetime = field(default_factory=utcnow)
+    output_dir: str | None = None
+    counts: RowCounts = field(default_factory=RowCounts)
+    incomplete: int = 0
+    total_rows: int | None = None
+    model_version: str | None = None
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    #: host:pid of the process running the job, and when it last said it was alive.
+    owner: str | None = None
+    heartbeat: datetime | None = None
+    #: The CLI's `run` finds an unfinished job with the same inputs, output and model by this.
+    fingerprint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/batchPredictionJobs/{self.id}"
+
+    # -- storage form -----------------------------------------------------------------
+    def to_record(self) -> dict[str, Any]:
+        rec = dataclasses.asdict(self)
+        rec["state"] = self.state.value
+        for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):
+            rec[key] = format_time(getattr(self, key))
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Job:
+        rec = dict(rec)
+        rec["state"] = JobState(rec["state"])
+        rec["counts"] = RowCounts(**rec["counts"])
+        rec["checkpoint"] = Checkpoint(**rec["checkpoint"])
+        for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):
+            rec[key] = parse_time(rec.get(key))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in rec.items() if k in known})
+
+    # -- Vertex form ------------------------------------------------------------------
+    def to_api(self) -> dict[str, Any]:
+        """The BatchPredictionJob resource as Vertex renders it."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "displayName": self.display_name,
+            "model": self.model,
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": self.input_uris}},
+            "outputConfig": {
+                "predictionsFormat": "jsonl",
+                "gcsDestination": {"outputUriPrefix": self.output_prefix},
+            },
+            "state": self.state.value,
+            "createTime": format_time(self.create_time),
+            "updateTime": format_time(self.update_time),
+        }
+        if self.labels:
+            out["labels"] = self.labels
+        if self.start_time:
+            out["startTime"] = format_time(self.start_time)
+        if self.end_time:
+            out["endTime"] = format_time(self.end_time)
+        if self.error and self.state in (S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
+            out["error"] = self.error
+        if self.output_dir:
+            out["outputInfo"] = {"gcsOutputDirectory": self.output_dir}
+        if self.state != S.JOB_STATE_PENDING:
+            out["completionStats"] = {
+                "successfulCount": str(self.counts.succeeded),
+                "failedCount": str(self.counts.failed),
+                "incompleteCount": str(self.incomplete),
+            }
+        if self.model_version:
+            out["modelVersionId"] = self.model_version
+        # Not in Vertex's resource: what a progress bar and a bill need. Clients that do not
+        # know it ignore it (the google-genai SDK does).
+        out["progress"] = {
+            "totalCount": None if self.total_rows is None else str(self.total_rows),
+            "doneCount": str(self.counts.done),
+            "promptTokenCount": str(self.counts.prompt_tokens),
+            "candidatesTokenCount": str(self.counts.candidates_tokens),
+            "totalTokenCount": str(self.counts.total_tokens),
+        }
+        return out

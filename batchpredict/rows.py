@@ -1,0 +1,130 @@
+"""Reading a job's input: JSONL streamed from storage into `Row`s, in flat memory.
+
+Rows are numbered across all input files in order (0-based), blank lines skipped. A line that
+cannot become a request (over the size limit, not UTF-8, not JSON, not an object, no `request`,
+an invalid request) is still a row: it carries the error that its output line will report, so
+one bad line never stops a job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+
+from batchpredict import storage
+from batchpredict.errors import BatchPredictError, InvalidArgument
+from batchpredict.schema import GenerateContentRequest, parse_request
+
+__all__ = ["Row", "count_rows", "iter_rows"]
+
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Row:
+    index: int
+    #: Top-level fields of the input line other than `request` (e.g. `key`), echoed on output.
+    extras: dict[str, Any] | None
+    #: The `request` exactly as given, echoed on output; {} when the line had none.
+    request: Any
+    parsed: GenerateContentRequest | None = None
+    error: BatchPredictError | None = None
+
+
+def _lines(f: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line or None when over the limit, its length). Never holds more than
+    `max_bytes` of one line in memory."""
+    number = 0
+    while True:
+        raw = f.readline(max_bytes + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):  # skip the rest of the long line
+                raw = f.readline(1024 * 1024)
+                size += len(raw)
+            yield number, None, size
+        else:
+            yield number, raw, len(raw)
+
+
+def _bad(index: int, message: str, extras: dict[str, Any] | None = None) -> Row:
+    return Row(index, extras, {}, error=InvalidArgument(message))
+
+
+def parse_line(index: int, raw: bytes, where: str) -> Row:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return _bad(
+                index,
+                f"{where} is not valid UTF-8 (byte {uexc.start}). "
+                "Save the file as UTF-8.",
+            )
+        return _bad(
+            index,
+            f"{where} is not valid JSON: {exc}. Each line must be one JSON object such as "
+            '{"request": {"contents": [...]}}.',
+        )
+    if not isinstance(obj, dict):
+        return _bad(
+            index,
+            f"{where} is a JSON {type(obj).__name__}, not an object. Each line must be one "
+            'JSON object such as {"request": {"contents": [...]}}.',
+        )
+    request = obj.pop("request", None)
+    extras = obj or None
+    if request is None:
+        return _bad(
+            index,
+            f'{where} has no "request" field. Put the GenerateContentRequest under "request": '
+            '{"request": {"contents": [...]}}.',
+            extras,
+        )
+    try:
+        return Row(index, extras, request, parsed=parse_request(request))
+    except BatchPredictError as exc:
+        return Row(index, extras, request, error=exc)
+
+
+def iter_rows(
+    inputs: list[str], skip: int = 0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Row]:
+    """Every row of `inputs` from row number `skip` on."""
+    index = 0
+    for uri in inputs:
+        with storage.open_read(uri) as f:
+            for number, raw, size in _lines(f, max_line_bytes):
+                if raw is not None and not raw.strip():
+                    continue
+                if index >= skip:
+                    where = f"Line {number} of {uri}"
+                    if raw is None:
+                        yield _bad(
+                            index,
+                            f"{where} is {size} bytes; the limit is {max_line_bytes} bytes. "
+                            "Shorten the request (send large media as fileData URIs) or raise "
+                            "BATCHPREDICT_MAX_LINE_BYTES.",
+                        )
+                    else:
+                        yield parse_line(index, raw, where)
+                index += 1
+
+
+def count_rows(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> int:
+    """How many rows `iter_rows` will yield from the start, without parsing them."""
+    total = 0
+    for uri in inputs:
+        with storage.open_read(uri) as f:
+            for _, raw, _ in _lines(f, max_line_bytes):
+                if raw is None or raw.strip():
+                    total += 1
+    return total
