@@ -59,7 +59,7 @@ def success_line(
     line["processed_time"] = when
     line["request"] = request
     line["response"] = response
-    return orjson.dumps(line) + b"\n"
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def error_line(
@@ -70,7 +70,7 @@ def error_line(
     line["processed_time"] = when
     line["request"] = request
     line["response"] = {}
-    return orjson.dumps(line) + b"\n"
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def count_line(line: dict[str, Any], into: RowCounts) -> None:

@@ -18,7 +18,7 @@ from batchpredict import storage
 from batchpredict.errors import BatchPredictError, InvalidArgument
 from batchpredict.schema import GenerateContentRequest, parse_request
 
-__all__ = ["Row", "count_rows", "iter_rows"]
+__all__ = ["Row", "count_rows", "estimate_rows", "iter_rows"]
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
@@ -127,4 +127,21 @@ def count_rows(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) 
             for _, raw, _ in _lines(f, max_line_bytes):
                 if raw is None or raw.strip():
                     total += 1
+    return total
+
+
+def estimate_rows(inputs: list[str]) -> int:
+    """Lines in `inputs`, counted at C speed: exact unless the input has blank lines that hold
+    spaces (a progress bar's total; `count_rows` gives the exact count)."""
+    total = 0
+    for uri in inputs:
+        last = b"\n"
+        with storage.open_read(uri) as f:
+            while block := f.read(1024 * 1024):
+                total += block.count(b"\n") - block.count(b"\n\n")
+                if last == b"\n" and block[:1] == b"\n":
+                    total -= 1  # an empty line that spans two blocks
+                last = block[-1:]
+        if last != b"\n":
+            total += 1  # a last line without a newline
     return total

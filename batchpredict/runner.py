@@ -34,7 +34,7 @@ from batchpredict.errors import (
     InvalidArgument,
 )
 from batchpredict.jobs import Job, JobState, RowCounts, owner_id, utcnow
-from batchpredict.rows import DEFAULT_MAX_LINE_BYTES, Row, count_rows, iter_rows
+from batchpredict.rows import DEFAULT_MAX_LINE_BYTES, Row, count_rows, estimate_rows, iter_rows
 from batchpredict.store.base import JobStore
 
 __all__ = ["JobRunner", "Progress", "RunnerSettings"]
@@ -155,24 +155,26 @@ class JobRunner:
             if not dispatcher.done():
                 dispatcher.cancel()
                 await self._drain(dispatcher)
+        counter.cancel()
         if reason == "interrupt":
-            counter.cancel()
             await self._flush(contiguous_only=True)
             await asyncio.to_thread(self.store.release, self.job)
             return self.job
         if reason == "lost":
-            counter.cancel()
             return self.job
-        await counter
+        if not self.read_all:  # ended early: the exact count, for incompleteCount
+            self.job.total_rows = await asyncio.to_thread(
+                count_rows, self.job.checkpoint.inputs, st.max_line_bytes
+            )
         await self._flush(contiguous_only=reason == "done")
         return await self._finish(reason)
 
     async def _count_rows(self) -> None:
-        total = await asyncio.to_thread(
-            count_rows, self.job.checkpoint.inputs, self.settings.max_line_bytes
-        )
-        self.job.total_rows = total
-        self._report()
+        """A quick total for the progress bar; exact once the reader reaches the end."""
+        total = await asyncio.to_thread(estimate_rows, self.job.checkpoint.inputs)
+        if not self.read_all:
+            self.job.total_rows = total
+            self._report()
 
     @staticmethod
     async def _drain(task: asyncio.Future[Any]) -> None:
@@ -241,9 +243,10 @@ class JobRunner:
                     break
                 next_read = batch[-1].index + 1
                 good = []
+                when = output.processed_time()
                 for row in batch:
                     if row.error is not None:
-                        self._deliver(row, row.error)
+                        self._deliver(row, row.error, when)
                     else:
                         good.append(row)
                 for i in range(0, len(good), batch_size):
@@ -255,6 +258,7 @@ class JobRunner:
             if tasks:
                 await asyncio.gather(*tasks)
             self.read_all = True
+            self.job.total_rows = next_read
         finally:
             for task in tasks:
                 task.cancel()
@@ -277,42 +281,50 @@ class JobRunner:
                 results = [Internal(f"The backend failed: {type(exc).__name__}: {exc}")] * len(
                     batch
                 )
+            when = output.processed_time()  # one clock read per batch: they ended together
             for row, result in zip(batch, results, strict=True):
-                self._deliver(row, result)
+                self._deliver(row, result, when)
             self._after_deliver()
         finally:
             slots.release()
 
     # -- lines out ------------------------------------------------------------------------
-    def _deliver(self, row: Row, result: dict[str, Any] | BatchPredictError) -> None:
-        when = output.processed_time()
+    def _deliver(self, row: Row, result: dict[str, Any] | BatchPredictError, when: str) -> None:
+        live = self.live
         if isinstance(result, BatchPredictError):
             line = output.error_line(row.extras, row.request, result, when)
-            self.pending[row.index] = (line, False, 0, 0)
-            self.live.failed += 1
+            ok, prompt, cand = False, 0, 0
+            live.failed += 1
         else:
             usage = result.get("usageMetadata") or {}
             prompt = int(usage.get("promptTokenCount") or 0)
             cand = int(usage.get("candidatesTokenCount") or 0)
             line = output.success_line(row.extras, row.request, result, when)
-            self.pending[row.index] = (line, True, prompt, cand)
-            self.live.succeeded += 1
-            self.live.prompt_tokens += prompt
-            self.live.candidates_tokens += cand
+            ok = True
+            live.succeeded += 1
+            live.prompt_tokens += prompt
+            live.candidates_tokens += cand
+        if row.index == self.next_index:  # in order: straight into the chunk buffer
+            self._buffer_line(line, ok, prompt, cand)
+        else:
+            self.pending[row.index] = (line, ok, prompt, cand)
+
+    def _buffer_line(self, line: bytes, ok: bool, prompt: int, cand: int) -> None:
+        self.buffer.append(line)
+        counts = self.buffer_counts
+        if ok:
+            counts.succeeded += 1
+            counts.prompt_tokens += prompt
+            counts.candidates_tokens += cand
+        else:
+            counts.failed += 1
+        self.next_index += 1
 
     def _after_deliver(self) -> None:
         """Move the rows that now follow without a gap into the chunk buffer."""
-        pending, counts = self.pending, self.buffer_counts
+        pending = self.pending
         while self.next_index in pending:
-            line, ok, prompt, cand = pending.pop(self.next_index)
-            self.buffer.append(line)
-            if ok:
-                counts.succeeded += 1
-                counts.prompt_tokens += prompt
-                counts.candidates_tokens += cand
-            else:
-                counts.failed += 1
-            self.next_index += 1
+            self._buffer_line(*pending.pop(self.next_index))
         self.progressed.set()
         self._report()
 

@@ -1,8 +1,13 @@
-"""Gemini `GenerateContentRequest` as pydantic models, and its validation in Vertex's words.
+"""Gemini `GenerateContentRequest` as typed structs, and its validation in Vertex's words.
 
-Field names are snake_case in Python; JSON takes camelCase or snake_case, as protobuf JSON does.
-Unknown fields are refused the way Vertex refuses them (`Unknown name "x" at 'contents[0]'`), so a
-typo in `generationConfig` is an error line, not a silently ignored setting.
+Attribute names are snake_case in Python; JSON takes camelCase or snake_case, as protobuf JSON
+does. Unknown fields are refused the way Vertex refuses them (`Unknown name "x" at 'contents[0]'`),
+so a typo in `generationConfig` is an error line, not a silently ignored setting.
+
+The structs are msgspec Structs: validating a request is on every row's path, and msgspec does
+it in under 1 µs where pydantic took 5 µs (bench/README.md). camelCase is decoded directly;
+snake_case input is renamed to camelCase (following the schema, so free-form objects such as
+`responseSchema` keep their keys) and decoded again.
 
 `parse_request(obj)` is the one entry point: it returns a `GenerateContentRequest` or raises
 `InvalidArgument` whose message names the field.
@@ -11,10 +16,9 @@ typo in `generationConfig` is an error line, not a silently ignored setting.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic.alias_generators import to_camel
+import msgspec
 
 from batchpredict.errors import InvalidArgument
 
@@ -31,18 +35,18 @@ __all__ = [
 VALID_ROLES = ("user", "model")
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-        extra="forbid",
-    )
-
+class _Message(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
     def to_json(self) -> dict[str, Any]:
         """camelCase JSON with unset fields left out: what the Gemini API itself accepts."""
-        return self.model_dump(exclude_none=True, by_alias=True)
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+    # pydantic-style names, for callers written against pydantic models.
+    @classmethod
+    def model_validate(cls, obj: Any) -> Any:
+        return _decode(obj, cls)
+
+    def model_dump(self, **_: Any) -> dict[str, Any]:
+        return self.to_json()
 
 
 class Blob(_Message):
@@ -51,8 +55,8 @@ class Blob(_Message):
 
 
 class FileData(_Message):
-    mime_type: str | None = None
     file_uri: str
+    mime_type: str | None = None
     display_name: str | None = None
 
 
@@ -69,23 +73,25 @@ class Part(_Message):
     thought_signature: str | None = None
     media_resolution: Any = None
 
+    #: (attribute, JSON name) of the fields that carry a part's data; a part sets one.
+    DATA_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("text", "text"),
+        ("inline_data", "inlineData"),
+        ("file_data", "fileData"),
+        ("function_call", "functionCall"),
+        ("function_response", "functionResponse"),
+        ("executable_code", "executableCode"),
+        ("code_execution_result", "codeExecutionResult"),
+    )
+
     def kind(self) -> str | None:
-        """Which `data` field this part carries: 'text', 'inlineData', ... or None."""
-        for name in _DATA_FIELDS:
-            if getattr(self, name) is not None:
-                return to_camel(name)
+        """Which data field this part carries: 'text', 'inlineData', ... or None."""
+        if self.text is not None:
+            return "text"
+        for attr, name in self.DATA_FIELDS:
+            if getattr(self, attr) is not None:
+                return name
         return None
-
-
-_DATA_FIELDS = (
-    "text",
-    "inline_data",
-    "file_data",
-    "function_call",
-    "function_response",
-    "executable_code",
-    "code_execution_result",
-)
 
 
 class Content(_Message):
@@ -132,105 +138,160 @@ class GenerateContentRequest(_Message):
 
     @property
     def config(self) -> GenerationConfig:
+        """The generation config, or one with every field unset."""
         return self.generation_config or _DEFAULT_CONFIG
 
 
 _DEFAULT_CONFIG = GenerationConfig()
 
-# (field, low inclusive, high exclusive as Vertex prints it)
-_RANGES = (
-    ("temperature", 0, "2.0001", 2.0001),
-    ("top_p", 0, "1.0001", 1.0001),
-    ("candidate_count", 1, "9", 9),
-    ("max_output_tokens", 1, "65537", 65537),
-    ("presence_penalty", -2, "2", 2),
-    ("frequency_penalty", -2, "2", 2),
-)
+# -- snake_case input -------------------------------------------------------------------------
+_CAMEL = re.compile(r"_([a-z0-9])")
+_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
 
-_PROTO_TYPES = {
-    "string_type": "TYPE_STRING",
-    "int_type": "TYPE_INT32",
-    "int_parsing": "TYPE_INT32",
-    "int_from_float": "TYPE_INT32",
-    "float_type": "TYPE_FLOAT",
-    "float_parsing": "TYPE_FLOAT",
-    "bool_type": "TYPE_BOOL",
-    "bool_parsing": "TYPE_BOOL",
-    "dict_type": "TYPE_MESSAGE",
-    "model_type": "TYPE_MESSAGE",
-    "model_attributes_type": "TYPE_MESSAGE",
-    "list_type": "TYPE_LIST",
-}
 
-_CAMEL_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
+def _camel(name: str) -> str:
+    return _CAMEL.sub(lambda m: m.group(1).upper(), name)
 
 
 def _snake(name: str) -> str:
-    return _CAMEL_HUMP.sub("_", name).lower()
+    return _HUMP.sub("_", name).lower()
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    """('contents', 0, 'parts', 1, 'text') -> 'contents[0].parts[1].text'."""
-    out = ""
-    for item in loc:
-        if isinstance(item, int):
-            out += f"[{item}]"
-        else:
-            out += ("." if out else "") + _snake(str(item))
+def _struct_children(cls: type[msgspec.Struct]) -> dict[str, type[msgspec.Struct]]:
+    """JSON name -> Struct type, for the fields of `cls` that hold Structs (or lists of them)."""
+    out = {}
+    for field in msgspec.structs.fields(cls):
+        t = field.type
+        for arg in (t, *getattr(t, "__args__", ())):
+            for inner in (arg, *getattr(arg, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+                    out[field.encode_name] = inner
     return out
 
 
-def _describe(exc: ValidationError) -> str:
-    """The first problem pydantic found, in protobuf-JSON wording."""
-    err = exc.errors(include_url=False)[0]
-    loc, kind = tuple(err["loc"]), err["type"]
-    if kind == "extra_forbidden":
-        parent = _field_path(loc[:-1])
-        where = f" at '{parent}'" if parent else ""
-        return f'Invalid JSON payload received. Unknown name "{loc[-1]}"{where}: Cannot find field.'
-    if kind == "missing":
-        return f"Invalid JSON payload received. Missing required field '{_field_path(loc)}'."
-    value = err.get("input")
-    shown = repr(value) if not isinstance(value, str) else f'"{value}"'
-    proto = _PROTO_TYPES.get(kind, "")
-    proto = f" ({proto})" if proto else ""
-    return f"Invalid value at '{_field_path(loc)}'{proto}, {shown}: {err['msg']}."
+_CHILDREN: dict[type, dict[str, type[msgspec.Struct]]] = {}
+
+
+def _camelize(obj: Any, cls: type[msgspec.Struct]) -> Any:
+    """Rename snake_case keys to camelCase where the schema has fields (and only there)."""
+    if isinstance(obj, list):
+        return [_camelize(v, cls) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    children = _CHILDREN.setdefault(cls, _struct_children(cls))
+    out = {}
+    for key, value in obj.items():
+        name = _camel(key) if isinstance(key, str) else key
+        out[name] = _camelize(value, children[name]) if name in children else value
+    return out
+
+
+# -- errors in Vertex's words -----------------------------------------------------------------
+_PROTO_TYPES = {
+    "str": "TYPE_STRING",
+    "int": "TYPE_INT32",
+    "float": "TYPE_FLOAT",
+    "bool": "TYPE_BOOL",
+    "object": "TYPE_MESSAGE",
+    "array": "TYPE_LIST",
+}
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `\$(.*)`)?")
+_MISSING = re.compile(r"Object missing required field `([^`]*)`(?: - at `\$(.*)`)?")
+_EXPECTED = re.compile(r"Expected `([^`|]*)[^`]*`, got `([^`]*)`(?: - at `\$(.*)`)?")
+_PATH_PART = re.compile(r"\.([A-Za-z0-9_]+)|\[(\d+)\]")
+
+
+def _path(raw: str | None) -> str:
+    """'.contents[0].parts[1].inlineData' -> 'contents[0].parts[1].inline_data'."""
+    if not raw:
+        return ""
+    out = ""
+    for name, index in _PATH_PART.findall(raw):
+        out += f"[{index}]" if index else ("." if out else "") + _snake(name)
+    return out
+
+
+def _value_at(obj: Any, raw: str | None) -> Any:
+    for name, index in _PATH_PART.findall(raw or ""):
+        try:
+            obj = obj[int(index)] if index else (obj.get(name, obj.get(_snake(name))))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+    return obj
+
+
+def _describe(exc: msgspec.ValidationError, obj: Any) -> str:
+    text = str(exc)
+    if m := _UNKNOWN.match(text):
+        where = f" at '{_path(m.group(2))}'" if m.group(2) else ""
+        return f'Invalid JSON payload received. Unknown name "{m.group(1)}"{where}: Cannot find field.'
+    if m := _MISSING.match(text):
+        field = ".".join(p for p in (_path(m.group(2)), _snake(m.group(1))) if p)
+        return f"Invalid JSON payload received. Missing required field '{field}'."
+    if m := _EXPECTED.match(text):
+        proto = _PROTO_TYPES.get(m.group(1).strip(), "")
+        value = _value_at(obj, m.group(3))
+        shown = f'"{value}"' if isinstance(value, str) else repr(value)
+        kind = f" ({proto})" if proto else ""
+        return f"Invalid value at '{_path(m.group(3))}'{kind}, {shown}: expected {m.group(1).strip()}."
+    return f"Invalid JSON payload received. {text}."
+
+
+def _decode(obj: Any, cls: type[msgspec.Struct]) -> Any:
+    try:
+        return msgspec.convert(obj, cls)
+    except msgspec.ValidationError as first:
+        if "unknown field" in str(first):
+            try:
+                return msgspec.convert(_camelize(obj, cls), cls)
+            except msgspec.ValidationError as exc:
+                raise InvalidArgument(_describe(exc, obj)) from None
+        raise InvalidArgument(_describe(first, obj)) from None
+
+
+# -- rules beyond types -----------------------------------------------------------------------
+# (attribute, low inclusive, high exclusive as Vertex prints it, high)
+_RANGES = (
+    ("temperature", "temperature", 0, "2.0001", 2.0001),
+    ("top_p", "topP", 0, "1.0001", 1.0001),
+    ("top_k", "topK", 1, "41", 41),
+    ("candidate_count", "candidateCount", 1, "9", 9),
+    ("max_output_tokens", "maxOutputTokens", 1, "65537", 65537),
+    ("presence_penalty", "presencePenalty", -2, "2", 2),
+    ("frequency_penalty", "frequencyPenalty", -2, "2", 2),
+)
 
 
 def _check_ranges(config: GenerationConfig) -> None:
-    for field, low, high_text, high in _RANGES:
-        value = getattr(config, field)
+    for attr, name, low, high_text, high in _RANGES:
+        value = getattr(config, attr)
         if value is not None and not (low <= value < high):
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
             raise InvalidArgument(
-                f"Unable to submit request because it has a {to_camel(field)} value of {value} "
+                f"Unable to submit request because it has a {name} value of {shown} "
                 f"but the supported range is from {low} (inclusive) to {high_text} (exclusive). "
                 "Update the value and try again."
             )
-    if config.top_k is not None and config.top_k < 1:
-        raise InvalidArgument(
-            f"Unable to submit request because it has a topK value of {config.top_k} "
-            "but the supported range is from 1 (inclusive) to 41 (exclusive). "
-            "Update the value and try again."
-        )
 
 
 def _check_content(content: Content, where: str) -> None:
-    if not content.parts:
+    parts = content.parts
+    if not parts:
         raise InvalidArgument(
             "Unable to submit request because it must have at least one parts field, which "
             f"describes the prompt input. Add a part to '{where}' and try again."
         )
-    for i, part in enumerate(content.parts):
-        kind = part.kind()
-        if kind is None:
+    for i, part in enumerate(parts):
+        if part.text is not None:
+            if part.text == "" and len(parts) == 1:
+                raise InvalidArgument(
+                    "Unable to submit request because it has an empty text parameter. "
+                    "Add a value to the parameter and try again."
+                )
+        elif part.kind() is None:
             raise InvalidArgument(
                 f"Unable to submit request because '{where}.parts[{i}]' has no data. Set one of "
                 "text, inlineData, fileData, functionCall or functionResponse and try again."
-            )
-        if kind == "text" and part.text == "" and len(content.parts) == 1:
-            raise InvalidArgument(
-                "Unable to submit request because it has an empty text parameter. "
-                "Add a value to the parameter and try again."
             )
 
 
@@ -240,17 +301,14 @@ def parse_request(obj: Any) -> GenerateContentRequest:
         raise InvalidArgument(
             f"Invalid JSON payload received. 'request' must be an object, got {type(obj).__name__}."
         )
-    try:
-        req = GenerateContentRequest.model_validate(obj)
-    except ValidationError as exc:
-        raise InvalidArgument(_describe(exc)) from None
+    req: GenerateContentRequest = _decode(obj, GenerateContentRequest)
     if not req.contents:
         raise InvalidArgument(
             "Unable to submit request because it has an empty contents field. "
             "Add at least one content with a text part and try again."
         )
     for i, content in enumerate(req.contents):
-        if content.role not in VALID_ROLES and content.role is not None:
+        if content.role is not None and content.role not in VALID_ROLES:
             raise InvalidArgument("Please use a valid role: user, model.")
         _check_content(content, f"contents[{i}]")
     if req.system_instruction is not None:

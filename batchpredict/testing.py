@@ -1,13 +1,14 @@
 """Test doubles: stand-ins for a model, for tests and benchmarks only. Never a default.
 
-`InstantTestDouble` answers every request at once with a fixed, well-formed Gemini response whose
-text echoes the prompt's length. The runner-overhead benchmark uses it to measure batchpredict's
-own work per row; a registry file can name it (`backend = "test-double"`) to exercise the whole
-path without a model.
+`InstantTestDouble` answers every request with the same well-formed Gemini response (text "ok",
+2 prompt + 2 output tokens), after `delay_seconds` per call (0: at once). The runner-overhead
+benchmark uses it to measure batchpredict's own work per row; tests and registry files name it
+(`backend = "test-double"`) to exercise the whole path without a model.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from batchpredict.backends.base import Backend
@@ -16,37 +17,36 @@ from batchpredict.schema import GenerateContentRequest
 
 __all__ = ["InstantTestDouble"]
 
+RESPONSE: dict[str, Any] = {
+    "candidates": [
+        {
+            "content": {"role": "model", "parts": [{"text": "ok"}]},
+            "finishReason": "STOP",
+            "avgLogprobs": -0.5,
+        }
+    ],
+    "modelVersion": "test-double",
+    "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 2, "totalTokenCount": 4},
+}
+
 
 class InstantTestDouble(Backend):
     kind = "test-double"
 
-    def __init__(self, batch_size: int = 256, max_concurrency: int = 4) -> None:
+    def __init__(
+        self, batch_size: int = 256, max_concurrency: int = 4, delay_seconds: float = 0.0
+    ) -> None:
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
+        self.delay_seconds = delay_seconds
         self.calls = 0
+        self.requests = 0
 
     async def generate(
         self, requests: list[GenerateContentRequest]
     ) -> list[dict[str, Any] | BatchPredictError]:
         self.calls += 1
-        out: list[dict[str, Any] | BatchPredictError] = []
-        for req in requests:
-            prompt = sum(len(p.text or "") for c in req.contents for p in c.parts) // 4 + 1
-            out.append(
-                {
-                    "candidates": [
-                        {
-                            "content": {"role": "model", "parts": [{"text": f"ok {prompt}"}]},
-                            "finishReason": "STOP",
-                            "avgLogprobs": -0.5,
-                        }
-                    ],
-                    "modelVersion": "test-double",
-                    "usageMetadata": {
-                        "promptTokenCount": prompt,
-                        "candidatesTokenCount": 2,
-                        "totalTokenCount": prompt + 2,
-                    },
-                }
-            )
-        return out
+        self.requests += len(requests)
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        return [RESPONSE] * len(requests)
