@@ -57,23 +57,29 @@ def _bad(index: int, message: str, extras: dict[str, Any] | None = None) -> Row:
     return Row(index, extras, {}, error=InvalidArgument(message))
 
 
+def _json_problem(raw: bytes, where: str) -> str:
+    """Why a line is not JSON, by column within the line (its newline left out)."""
+    line = raw.rstrip(b"\r\n")
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{where} is not valid UTF-8 (byte {exc.start + 1}). Save the file as UTF-8."
+    try:
+        orjson.loads(line)
+        reason = "it could not be parsed"  # pragma: no cover - loads failed on the same bytes
+    except orjson.JSONDecodeError as exc:
+        reason = f"{exc.msg} at column {exc.colno}"
+    return (
+        f"{where} is not valid JSON: {reason}. Each line must be one JSON object such as "
+        '{"request": {"contents": [...]}}.'
+    )
+
+
 def parse_line(index: int, raw: bytes, where: str) -> Row:
     try:
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            return _bad(
-                index,
-                f"{where} is not valid UTF-8 (byte {uexc.start}). "
-                "Save the file as UTF-8.",
-            )
-        return _bad(
-            index,
-            f"{where} is not valid JSON: {exc}. Each line must be one JSON object such as "
-            '{"request": {"contents": [...]}}.',
-        )
+    except orjson.JSONDecodeError:
+        return _bad(index, _json_problem(raw, where))
     if not isinstance(obj, dict):
         return _bad(
             index,

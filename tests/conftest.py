@@ -1,0 +1,74 @@
+"""Fixtures shared by every test folder: running the real `batchpredict` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHPREDICT_")}
+    env.update(
+        PYTHONPATH=str(REPO),
+        BATCHPREDICT_DATA_DIR=str(data_dir),
+        HF_HUB_OFFLINE="1",
+        COLUMNS="200",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def run_cli(data_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `python -m batchpredict ARGS` as a user would; returns the finished process."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 240):
+        return subprocess.run(
+            [sys.executable, "-m", "batchpredict", *args],
+            capture_output=True,
+            text=True,
+            env={**cli_env(data_dir), **(env or {})},
+            timeout=timeout,
+        )
+
+    return run
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    """Rows as JSONL; a `bytes` or `str` row is written as is (for malformed lines)."""
+    with open(path, "wb") as f:
+        for row in rows:
+            if isinstance(row, bytes):
+                f.write(row + b"\n")
+            elif isinstance(row, str):
+                f.write(row.encode() + b"\n")
+            else:
+                f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
+def read_predictions(output_prefix: Path) -> list[dict]:
+    """The lines of the single predictions.jsonl under an output prefix."""
+    files = list(output_prefix.glob("prediction-model-*/predictions.jsonl"))
+    assert len(files) == 1, f"expected one predictions.jsonl, found {files}"
+    return [orjson.loads(line) for line in files[0].read_bytes().splitlines()]
+
+
+def text_request(text: str, **config: object) -> dict:
+    req: dict = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+    if config:
+        req["generationConfig"] = config
+    return req
