@@ -72,3 +72,41 @@ def text_request(text: str, **config: object) -> dict:
     if config:
         req["generationConfig"] = config
     return req
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback (initdb + pg_ctl), for the session."""
+    import shutil
+
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    import tempfile
+
+    # not under pytest's tmp dirs: those are private to root, and the server runs as postgres
+    root = Path(tempfile.mkdtemp(prefix="batchpredict-pg-"))
+    data = root / "data"
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_postgres, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, "pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w",
+                    "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {root}", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""The docs say what the code does: every setting is in the README's table with its default,
+the README's commands point at files that exist, and the public API is what `__all__` lists."""
+
+from __future__ import annotations
+
+import re
+
+import batchpredict
+from batchpredict.config import Settings
+from tests.conftest import REPO
+
+
+def settings_table() -> dict[str, str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- settings-table")[1].split("<!-- /settings-table -->")[0]
+    return dict(re.findall(r"^\| `(BATCHPREDICT_[A-Z_]+)` \| `?([^`|]*)`? \|", block, re.M))
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    table = settings_table()
+    code = dict(Settings.describe())
+    assert sorted(table) == sorted(code)
+    for name, default in code.items():
+        if default and not default.startswith("/") and table[name][:1] != "(":
+            assert table[name] == default, name
+
+
+def test_readme_first_screen_commands_exist() -> None:
+    first_screen = "\n".join((REPO / "README.md").read_text().splitlines()[:15])
+    assert "bash install.sh && .venv/bin/batchpredict run examples/requests.jsonl" in first_screen
+    assert ".venv/bin/python -m pytest" in first_screen
+    assert (REPO / "install.sh").exists() and (REPO / "examples/requests.jsonl").exists()
+    assert ".venv/bin/python -m pytest" in (REPO / ".ci/run").read_text()
+
+
+def test_public_api_is_what_all_lists() -> None:
+    exported = {n for n in dir(batchpredict) if not n.startswith("_")}
+    modules = {"backends", "config", "errors", "jobs", "runner", "schema", "store", "rows",
+               "output", "storage", "testing", "cli", "server", "scheduler", "client", "media"}
+    assert set(batchpredict.__all__) == exported - modules
