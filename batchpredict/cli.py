@@ -26,7 +26,7 @@ from rich.table import Table
 
 from batchpredict.config import Settings
 from batchpredict.errors import BatchPredictError
-from batchpredict.jobs import Job, JobState, format_time
+from batchpredict.jobs import Job, JobState, owner_id, utcnow
 from batchpredict.runner import JobRunner
 from batchpredict.runner import Progress as RunProgress
 from batchpredict.store import open_store
@@ -117,6 +117,9 @@ def run(
                 input_uris=list(inputs),
                 output_prefix=output,
                 fingerprint=fp,
+                # owned from birth, so a server sharing this store never schedules it
+                owner=owner_id(),
+                heartbeat=utcnow(),
             )
         )
         err.print(f"Created job {job.id}", highlight=False)

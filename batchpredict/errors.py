@@ -14,8 +14,9 @@
     └── DeadlineExceeded               504 DEADLINE_EXCEEDED   timeouts
 
 The same error renders three ways: an HTTP reply body (`to_json`), a job's `error` field
-(`to_job_error`, a google.rpc.Status with the gRPC code number), and the `status` string of a failed output line (`row_status`), which Vertex writes
-as the HTTP reason phrase followed by the reply body:
+(`to_job_error`, a google.rpc.Status with the gRPC code number), and the `status` string of a
+failed output line (`row_status`), which Vertex writes as the HTTP reason phrase followed by the
+reply body, on one line:
 `Bad Request: {"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT"}}`.
 """
 

@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     JOB_STATE_UNSPECIFIED = "JOB_STATE_UNSPECIFIED"
     JOB_STATE_QUEUED = "JOB_STATE_QUEUED"
     JOB_STATE_PENDING = "JOB_STATE_PENDING"

@@ -224,7 +224,10 @@ def _describe(exc: msgspec.ValidationError, obj: Any) -> str:
     text = str(exc)
     if m := _UNKNOWN.match(text):
         where = f" at '{_path(m.group(2))}'" if m.group(2) else ""
-        return f'Invalid JSON payload received. Unknown name "{m.group(1)}"{where}: Cannot find field.'
+        return (
+            f'Invalid JSON payload received. Unknown name "{m.group(1)}"{where}: '
+            "Cannot find field."
+        )
     if m := _MISSING.match(text):
         field = ".".join(p for p in (_path(m.group(2)), _snake(m.group(1))) if p)
         return f"Invalid JSON payload received. Missing required field '{field}'."
@@ -233,7 +236,8 @@ def _describe(exc: msgspec.ValidationError, obj: Any) -> str:
         value = _value_at(obj, m.group(3))
         shown = f'"{value}"' if isinstance(value, str) else repr(value)
         kind = f" ({proto})" if proto else ""
-        return f"Invalid value at '{_path(m.group(3))}'{kind}, {shown}: expected {m.group(1).strip()}."
+        expected = m.group(1).strip()
+        return f"Invalid value at '{_path(m.group(3))}'{kind}, {shown}: expected {expected}."
     return f"Invalid JSON payload received. {text}."
 
 

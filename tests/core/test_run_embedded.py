@@ -30,7 +30,8 @@ GOOD = [
 ]
 MORE = [{"key": "m0", "request": text_request("Count to three.", maxOutputTokens=5, seed=1,
                                               temperature=0.7)}]
-BAD_ROLE = {"contents": [{"role": "tester", "parts": [{"text": "Explain how AI works in a few words"}]}]}
+BAD_ROLE = {"contents": [{"role": "tester",
+                          "parts": [{"text": "Explain how AI works in a few words"}]}]}
 MEDIA = {"contents": [{"role": "user", "parts": [
     {"text": "What is in this video?"},
     {"fileData": {"fileUri": "gs://cloud-samples-data/generative-ai/video/animals.mp4",
