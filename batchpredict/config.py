@@ -41,6 +41,30 @@ class Settings:
     time_limit_seconds: float = 24 * 3600.0
     #: Jobs the server runs at once; more wait in JOB_STATE_PENDING.
     max_running_jobs: int = 1
+    #: How often a running job checks for cancel and the time limit, and the scheduler for work.
+    poll_seconds: float = 1.0
+    #: A runner silent this long is presumed dead; the server then resumes its job.
+    stale_after_seconds: float = 30.0
+    #: Access tokens file (TOML or JSON): token -> projects it may use ("*" for all). Without
+    #: tokens (here or in BATCHPREDICT_TOKENS) the server answers loopback clients only.
+    tokens_file: str = ""
+    #: Access tokens inline: "TOKEN=PROJECT[,PROJECT...][;TOKEN=...]"; "*" allows every project.
+    tokens: str = ""
+    #: The project of jobs created without one in the path (express mode, `jobs create` with no
+    #: --project) by a caller whose token allows every project, or when no tokens are configured.
+    default_project: str = "default"
+    #: fileData URIs a backend may fetch: comma-separated URI prefixes (gs://bucket/media/,
+    #: s3://bucket/, /srv/media/ or file:///srv/media/). Empty: any gs:// or s3:// object, no
+    #: local files.
+    media_roots: str = ""
+    #: Largest fileData object fetched for a backend, in bytes; larger ones fail their row (400).
+    max_media_bytes: int = 20 * 1024 * 1024
+    #: S3 endpoint for s3:// URIs (MinIO, moto, ...); empty: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL,
+    #: else AWS. Read from the environment when a filesystem is made.
+    s3_endpoint_url: str = ""
+    #: Where files uploaded through the console (POST /batchpredict/v1/uploads) are stored: a
+    #: folder, gs://bucket/prefix or s3://bucket/prefix. Empty: {data_dir}/uploads.
+    uploads_root: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -67,11 +91,18 @@ class Settings:
             chunk_seconds=self.chunk_seconds,
             max_line_bytes=self.max_line_bytes,
             time_limit_seconds=self.time_limit_seconds,
+            poll_seconds=self.poll_seconds,
+            stale_after_seconds=self.stale_after_seconds,
         )
 
     @property
     def sqlite_path(self) -> Path:
         return Path(self.data_dir).expanduser() / "jobs.sqlite3"
+
+    @property
+    def uploads_uri(self) -> str:
+        """The uploads root as a URI or absolute path (uploads_root, else {data_dir}/uploads)."""
+        return self.uploads_root or str(Path(self.data_dir).expanduser() / "uploads")
 
 
 def _convert(f: dataclasses.Field[Any], text: str) -> Any:

@@ -145,7 +145,9 @@ class ChunkedOutput:
                 with storage.open_read(chunk.uri) as f:
                     while block := f.read(4 * 1024 * 1024):
                         out.write(block)
-        for chunk in chunks:
+        # Last chunk first: a crash part-way leaves a gap-free prefix of chunks, so a resumed
+        # runner keeps those rows (committed()) instead of dropping everything past a gap.
+        for chunk in reversed(chunks):
             storage.remove(chunk.uri)
         storage.remove_empty_dir(self.incremental_dir)
         return self.predictions_uri

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpredict import output, storage
+from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend
 from batchpredict.errors import (
     BatchPredictError,
@@ -85,7 +86,7 @@ class JobRunner:
     ) -> None:
         self.store = store
         self.job = job
-        self.backend = backend
+        self.backend = dedupe.for_job(backend)  # identical temperature-0 requests sent once
         self.settings = settings or RunnerSettings()
         self.on_progress = on_progress
         self.interrupt = interrupt or asyncio.Event()
@@ -116,6 +117,8 @@ class JobRunner:
         if not job.checkpoint.inputs:
             job.checkpoint.inputs = storage.expand_inputs(job.input_uris)
         if not job.output_dir:
+            # Before any row runs: an unwritable prefix fails the job now, naming the URI.
+            storage.check_output_writable(job.output_prefix)
             job.output_dir = output.make_output_dir(job.output_prefix)
         self.out = output.ChunkedOutput(job.output_dir)
         committed, chunks = self.out.committed()
@@ -140,7 +143,7 @@ class JobRunner:
         self.live = RowCounts()  # rows answered in this run, committed or not
         self.live.add(job.counts)
         self.progressed = asyncio.Event()
-        self.last_flush = time.monotonic()
+        self.last_flush = self.last_check = time.monotonic()
         self.read_all = False
         counter = asyncio.ensure_future(self._count_rows())
         dispatcher = asyncio.ensure_future(self._dispatch())
@@ -205,8 +208,12 @@ class JobRunner:
             if len(self.buffer) >= st.chunk_rows or (due and self.buffer):
                 if not await self._flush(contiguous_only=True):
                     return await self._why_lost()
-            elif due:
-                self.last_flush = time.monotonic()
+            elif due or time.monotonic() - self.last_check >= st.poll_seconds:
+                # Heartbeat; a failed save is how a runner learns of a cancel (CANCELLING), so
+                # it is due every poll_seconds, not only when a chunk is.
+                if due:
+                    self.last_flush = time.monotonic()
+                self.last_check = time.monotonic()
                 if not await asyncio.to_thread(self.store.save_progress, self.job):
                     return await self._why_lost()
 
@@ -330,7 +337,8 @@ class JobRunner:
 
     def _report(self) -> None:
         if self.on_progress is not None:
-            live = self.live
+            # A job that fails before streaming (missing input, unwritable output) has no `live`.
+            live = getattr(self, "live", None) or self.job.counts
             self.on_progress(
                 Progress(live.done, self.job.total_rows, live.succeeded, live.failed,
                          live.total_tokens)

@@ -13,7 +13,7 @@ from tests.conftest import REPO
 def settings_table() -> dict[str, str]:
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- settings-table")[1].split("<!-- /settings-table -->")[0]
-    return dict(re.findall(r"^\| `(BATCHPREDICT_[A-Z_]+)` \| `?([^`|]*)`? \|", block, re.M))
+    return dict(re.findall(r"^\| `(BATCHPREDICT_[A-Z0-9_]+)` \| `?([^`|]*)`? \|", block, re.M))
 
 
 def test_every_setting_is_documented_with_its_default() -> None:
