@@ -67,7 +67,9 @@ def is_model_folder(path: Path) -> bool:
     if not (path / "config.json").is_file():
         return False
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
-    has_tokenizer = (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+    has_tokenizer = (path / "tokenizer.json").is_file() or (
+        path / "tokenizer_config.json"
+    ).is_file()
     return has_weights and has_tokenizer
 
 
@@ -87,6 +89,7 @@ def prepare_embedded_model(cache_dir: str | os.PathLike[str] | None = None) -> P
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
             _convert(gguf, tmp)
             if target.exists() and not is_model_folder(target):
                 shutil.rmtree(target)  # a stale, incomplete folder from an older layout
