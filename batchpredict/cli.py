@@ -1,7 +1,9 @@
 """The `batchpredict` command.
 
     batchpredict run INPUT... --output PREFIX [--model NAME]   create and run a job here
+    batchpredict serve [--host H --port P]                      the REST API and its scheduler
     batchpredict jobs list|get                                  read the job store
+    batchpredict jobs create|get|list|cancel|delete|wait --server URL   call a server
     batchpredict models list|pull                               the model registry
 
 Errors are printed as one sentence that says what to do, never a traceback; exit codes: 0 job
@@ -27,6 +29,7 @@ from rich.table import Table
 from batchpredict.config import Settings
 from batchpredict.errors import BatchPredictError
 from batchpredict.jobs import Job, JobState, owner_id, utcnow
+from batchpredict.output import ChunkedOutput
 from batchpredict.runner import JobRunner
 from batchpredict.runner import Progress as RunProgress
 from batchpredict.store import open_store
@@ -38,7 +41,7 @@ out = Console()
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]Error:[/] {message}", highlight=False)
+    err.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)  # one line
     sys.exit(code)
 
 
@@ -105,9 +108,12 @@ def run(
     fp = _fingerprint(list(inputs), output, model)
     job = store.find_by_fingerprint(fp)
     if job is not None:
+        done = job.counts.done
+        if job.output_dir:  # the chunks are the truth (a kill can precede a checkpoint)
+            done = ChunkedOutput(job.output_dir).committed()[0]
         err.print(
-            f"Resuming job {job.id} ({job.counts.done} rows already done) "
-            f"into {job.output_dir}", highlight=False,
+            f"Resuming job {job.id} ({done} rows already done) into {job.output_dir}",
+            highlight=False,
         )
     else:
         job = store.create(
@@ -252,10 +258,65 @@ def _state_text(state: JobState) -> str:
     return f"[{_STATE_COLOURS.get(state.short, 'white')}]{state.short}[/]"
 
 
+# -- serve ----------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; beyond loopback only with access tokens configured.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--data-dir", default=None, help="Where the job store lives [~/.batchpredict].")
+@click.option("--models-file", default=None, help="Model registry file (TOML).")
+@click.option("--max-running-jobs", type=int, default=None, help="Jobs run at once [1].")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(
+    host: str,
+    port: int,
+    data_dir: str | None,
+    models_file: str | None,
+    max_running_jobs: int | None,
+    log_level: str,
+) -> None:
+    """Serve Vertex AI's batch prediction REST API (/v1 and /v1beta1) and run its jobs.
+
+    Point the google-genai SDK at it with http_options=HttpOptions(base_url="http://HOST:PORT").
+    OpenAPI docs at /docs, Prometheus metrics at /metrics.
+    """
+    from batchpredict.server.app import serve as serve_app
+
+    settings = Settings.from_env(
+        data_dir=data_dir, models_file=models_file, max_running_jobs=max_running_jobs
+    )
+    serve_app(settings, host=host, port=port, log_level=log_level)
+
+
 # -- jobs -----------------------------------------------------------------------------------
 @main.group()
 def jobs() -> None:
-    """Inspect jobs in the local job store."""
+    """Jobs: in the local job store, or on a server with --server URL (BATCHPREDICT_SERVER)."""
+
+
+def _server_options(f: Any) -> Any:
+    """--server/--token/--project/--location, each defaulting to a BATCHPREDICT_* variable."""
+    f = click.option("--location", default="us-central1", envvar="BATCHPREDICT_LOCATION",
+                     show_default=True, help="Location of the jobs.")(f)
+    f = click.option("--project", default=None, envvar="BATCHPREDICT_PROJECT",
+                     help="Project of the jobs [the token's default project].")(f)
+    f = click.option("--token", default=None, envvar="BATCHPREDICT_TOKEN",
+                     help="Access token of the server (BATCHPREDICT_TOKEN).")(f)
+    f = click.option("--server", default=None, envvar="BATCHPREDICT_SERVER",
+                     help="batchpredict server URL, e.g. http://127.0.0.1:8080.")(f)
+    return f
+
+
+def _client(command: str, server: str | None, token: str | None, project: str | None,
+            location: str) -> Any:
+    from batchpredict.client import Client
+
+    if not server:
+        _fail(f"`batchpredict jobs {command}` needs a server: pass --server URL (or set "
+              "BATCHPREDICT_SERVER), e.g. --server http://127.0.0.1:8080 after "
+              "`batchpredict serve`. To run a job here instead, use `batchpredict run`.")
+    return Client(str(server), token, project, location)
 
 
 def _local_store(data_dir: str | None) -> Any:
@@ -313,10 +374,21 @@ def print_job(j: dict[str, Any], as_json: bool) -> None:
 
 @jobs.command("list")
 @click.option("--data-dir", default=None)
+@click.option("--filter", "filter_text", default=None,
+              help='With --server: e.g. state="JOB_STATE_RUNNING" AND labels.team=ml.')
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-def jobs_list(data_dir: str | None, as_json: bool) -> None:
+@_server_options
+def jobs_list(
+    data_dir: str | None, filter_text: str | None, as_json: bool, server: str | None,
+    token: str | None, project: str | None, location: str,
+) -> None:
     """List jobs, newest first."""
-    items = [j.to_api() for j in _local_store(data_dir).list()]
+    if server:
+        items = list(_client("list", server, token, project, location).list(filter_text))
+    else:
+        if filter_text:
+            _fail("--filter needs --server: the local job store lists every job.")
+        items = [j.to_api() for j in _local_store(data_dir).list()]
     if as_json:
         click.echo(orjson.dumps({"batchPredictionJobs": items}, option=orjson.OPT_INDENT_2))
     else:
@@ -324,12 +396,118 @@ def jobs_list(data_dir: str | None, as_json: bool) -> None:
 
 
 @jobs.command("get")
-@click.argument("job_id", type=int)
+@click.argument("job_id")
 @click.option("--data-dir", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-def jobs_get(job_id: int, data_dir: str | None, as_json: bool) -> None:
-    """Show one job."""
-    print_job(_local_store(data_dir).get(job_id).to_api(), as_json)
+@_server_options
+def jobs_get(
+    job_id: str, data_dir: str | None, as_json: bool, server: str | None, token: str | None,
+    project: str | None, location: str,
+) -> None:
+    """Show one job (JOB_ID: its number, or its full name with --server)."""
+    if server:
+        print_job(_client("get", server, token, project, location).get(job_id), as_json)
+        return
+    if not job_id.isdigit():
+        _fail(f"{job_id!r} is not a job id: give its number, e.g. `batchpredict jobs get 3`.")
+    print_job(_local_store(data_dir).get(int(job_id)).to_api(), as_json)
+
+
+@jobs.command("create")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, help="Output prefix: a folder, gs://... or s3://...")
+@click.option("--model", "-m", default="gemini-2.5-flash", show_default=True, help="Model name.")
+@click.option("--display-name", default=None, help="Job name shown in lists.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label (repeat).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@_server_options
+def jobs_create(
+    inputs: tuple[str, ...], output: str, model: str, display_name: str | None,
+    labels: tuple[str, ...], as_json: bool, server: str | None, token: str | None,
+    project: str | None, location: str,
+) -> None:
+    """Create a job on the server from INPUT files (paths the server can read, gs://, s3://)."""
+    from batchpredict.client import job_body
+
+    label_map = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--label {item!r} is not KEY=VALUE, e.g. --label team=ml.")
+        label_map[key] = value
+    # The server reads the inputs: a relative path means nothing there.
+    uris = [os.path.abspath(u) if "://" not in u else u for u in inputs]
+    out_uri = os.path.abspath(output) if "://" not in output else output
+    name = display_name or f"job-{time.strftime('%Y%m%d-%H%M%S')}"
+    client = _client("create", server, token, project, location)
+    print_job(client.create(job_body(uris, out_uri, model, name, label_map)), as_json)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@_server_options
+def jobs_cancel(
+    job_id: str, server: str | None, token: str | None, project: str | None, location: str
+) -> None:
+    """Cancel a job: it ends CANCELLED, keeping every row completed so far."""
+    _client("cancel", server, token, project, location).cancel(job_id)
+    err.print(f"Cancelling job {job_id}; `batchpredict jobs wait {job_id}` shows when it ends.",
+              highlight=False)
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON (an Operation).")
+@_server_options
+def jobs_delete(
+    job_id: str, as_json: bool, server: str | None, token: str | None, project: str | None,
+    location: str,
+) -> None:
+    """Delete a finished job (its output files stay)."""
+    op = _client("delete", server, token, project, location).delete(job_id)
+    if as_json:
+        click.echo(orjson.dumps(op, option=orjson.OPT_INDENT_2).decode())
+    else:
+        err.print(f"Deleted job {job_id}.", highlight=False)
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@click.option("--interval", type=float, default=2.0, show_default=True,
+              help="Seconds between polls.")
+@click.option("--json", "as_json", is_flag=True, help="Print the finished job's JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_server_options
+def jobs_wait(
+    job_id: str, interval: float, as_json: bool, quiet: bool, server: str | None,
+    token: str | None, project: str | None, location: str,
+) -> None:
+    """Wait for a job to finish, showing its progress; exit 0 if it SUCCEEDED, else 1."""
+    client = _client("wait", server, token, project, location)
+    with Progress(
+        TextColumn("[bold]job {task.fields[job]}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.fields[total_text]} rows"),
+        TextColumn("{task.fields[state]}"),
+        console=err,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task("wait", total=None, job=job_id, total_text="?", state="")
+
+        def show(j: dict[str, Any]) -> None:
+            progress = j.get("progress") or {}
+            total = progress.get("totalCount")
+            bar.update(
+                task,
+                completed=int(progress.get("doneCount") or 0),
+                total=int(total) if total else None,
+                total_text=f"{int(total):,}" if total else "?",
+                state=_state_text(JobState(j["state"])),
+            )
+
+        final = client.wait(job_id, poll_seconds=interval, on_update=show)
+    print_job(final, as_json)
+    sys.exit(0 if final["state"] == JobState.JOB_STATE_SUCCEEDED.value else 1)
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -347,10 +525,10 @@ def models_list(as_json: bool) -> None:
         click.echo(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
         return
     table = Table()
-    for col in ("model", "backend", "description"):
+    for col in ("model", "backend", "settings", "description"):
         table.add_column(col)
     for e in entries:
-        table.add_row(e["name"], e["backend"], e["description"])
+        table.add_row(e["name"], e["backend"], e.get("settings", ""), e["description"])
     out.print(table)
 
 

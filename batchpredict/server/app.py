@@ -1,0 +1,185 @@
+"""The FastAPI app: Vertex's batch prediction REST API, the scheduler that runs its jobs, health
+and metrics. `create_app(settings)` builds it; `serve(settings, host, port)` runs it with uvicorn.
+
+    /v1[beta1]/projects/{p}/locations/{l}/batchPredictionJobs[/{id}[:cancel]]   see routes.py
+    /v1[beta1]/batchPredictionJobs[/{id}[:cancel]]                              express mode
+    /healthz   /metrics   /docs (OpenAPI)
+    /console   the web console (console/), and the extra endpoints it uses
+
+`app.state` holds what a page of the console needs: settings, store, registry, scheduler,
+service (the job methods), access (the token policy) and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from batchpredict.config import Settings
+from batchpredict.errors import BatchPredictError, Internal, InvalidArgument, error_for_http_status
+from batchpredict.scheduler import Scheduler
+from batchpredict.server import console
+from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
+from batchpredict.server.job_spec import describe_validation_errors
+from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
+from batchpredict.server.routes import (
+    JSONResponse,
+    caller,
+    express_scope,
+    job_routes,
+    vertex_scope,
+)
+from batchpredict.server.service import JobService
+from batchpredict.store import open_store
+from batchpredict.store.base import JobStore
+
+__all__ = ["check_bind_address", "create_app", "serve"]
+
+log = logging.getLogger(__name__)
+VERSIONS = ("v1", "v1beta1")
+
+
+def _registry(settings: Settings) -> Any:
+    from batchpredict.backends.registry import ModelRegistry
+
+    if settings.models_file:
+        return ModelRegistry.load(settings.models_file)
+    return ModelRegistry.default()
+
+
+def create_app(
+    settings: Settings | None = None, store: JobStore | None = None, registry: Any = None
+) -> FastAPI:
+    """The server app. Without `store`/`registry`, they come from `settings` (and are closed
+    when the app shuts down)."""
+    settings = settings or Settings.from_env()
+    access = AccessPolicy.from_settings(settings)
+    own_store = store is None
+    store = store if store is not None else open_store(settings)
+    registry = registry if registry is not None else _registry(settings)
+    scheduler = Scheduler(store, registry, settings)
+    metrics = Metrics(store, scheduler)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            await registry.close()
+            if own_store and hasattr(store, "close"):
+                store.close()
+
+    app = FastAPI(
+        title="batchpredict",
+        description="Vertex AI batch prediction for Gemini, self-hosted.",
+        version=_version(),
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+        strict_content_type=False,  # a JSON body without a Content-Type is still JSON
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.registry = registry
+    app.state.scheduler = scheduler
+    app.state.service = JobService(store, registry, scheduler)
+    app.state.access = access
+    app.state.metrics = metrics
+
+    for version in VERSIONS:
+        parent = f"/{version}/projects/{{project}}/locations/{{location}}"
+        app.include_router(job_routes(parent, vertex_scope))
+        app.include_router(job_routes(f"/{version}", express_scope))
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> Response:
+        """Liveness: the process answers and its scheduler loop is alive (else 503)."""
+        if not scheduler.alive:
+            return JSONResponse({"status": "scheduler stopped"}, status_code=503)
+        return JSONResponse({"status": "ok", "runningJobs": len(scheduler.running)})
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus_metrics(request: Request) -> Response:
+        """Prometheus exposition: jobs by state, rows, tokens, request latency. With tokens
+        configured, any valid token may read it (figures cover every project)."""
+        await caller(request)
+        body = await anyio.to_thread.run_sync(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    console.mount(app)  # the web console at /console and its /batchpredict/v1 endpoints
+    _install_error_handlers(app)
+    app.add_middleware(LatencyMiddleware, histogram=metrics.latency)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BatchPredictError)
+    async def our_error(request: Request, exc: BatchPredictError) -> Response:
+        return JSONResponse(exc.to_json(), status_code=exc.http_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        err = InvalidArgument(describe_validation_errors(list(exc.errors())))
+        return JSONResponse(err.to_json(), status_code=err.http_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message = (f"{request.url.path} is not a batchpredict path. Jobs live under "
+                       "/v1/projects/P/locations/L/batchPredictionJobs; see /docs.")
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; see /docs."
+        else:
+            message = str(exc.detail)
+        err = error_for_http_status(exc.status_code, message)
+        return JSONResponse(err.to_json(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        err = Internal(f"Internal error: {type(exc).__name__}. The server log has the details.")
+        return JSONResponse(err.to_json(), status_code=500)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchpredict")
+    except PackageNotFoundError:
+        return "0"
+
+
+def check_bind_address(settings: Settings, host: str) -> None:
+    """Refuse to listen beyond this machine when no access token is configured."""
+    if is_loopback(host):
+        return
+    if AccessPolicy.from_settings(settings).is_open:
+        raise InvalidArgument(
+            f"Refusing to listen on {host} without access tokens: anyone who can reach it could "
+            f"read and run jobs. {HOW_TO_CONFIGURE} Or serve on 127.0.0.1."
+        )
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080,
+          log_level: str = "info") -> None:
+    """Run the server until SIGINT/SIGTERM; shutdown interrupts runners, which keep their rows."""
+    import uvicorn
+
+    check_bind_address(settings, host)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()

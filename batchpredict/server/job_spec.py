@@ -1,0 +1,158 @@
+"""The body of a create call: a BatchPredictionJob as a client sends it, validated field by field.
+
+Field names are camelCase as Vertex writes them; snake_case is accepted too, as protobuf JSON does.
+A wrong type or a missing field is a 400 naming the field (`inputConfig.gcsSource.uris`), an
+unknown field is a 400 in Google's words ("Unknown name ..."). Output-only fields (`name`,
+`state`, `createTime`, ...) and settings that do not apply here (`dedicatedResources`, ...) are
+accepted and ignored, as Vertex does; fields that would change the job's meaning but are not
+implemented (`instanceConfig`, `encryptionSpec`, BigQuery I/O, ...) are refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from batchpredict.errors import InvalidArgument
+
+__all__ = ["JobSpec", "describe_validation_errors"]
+
+#: Output-only fields of the resource and settings with no meaning here: accepted, ignored.
+IGNORED_FIELDS = frozenset({
+    "name", "state", "error", "createTime", "startTime", "endTime", "updateTime",
+    "completionStats", "outputInfo", "partialFailures", "resourcesConsumed", "modelVersionId",
+    "satisfiesPzs", "satisfiesPzi", "progress", "dedicatedResources",
+    "manualBatchTuningParameters", "serviceAccount", "disableContainerLogging",
+})
+#: Fields of Vertex's BatchPredictionJob that batchpredict does not implement: refused by name.
+UNSUPPORTED_FIELDS = frozenset({
+    "instanceConfig", "modelParameters", "generateExplanation", "explanationSpec",
+    "encryptionSpec", "unmanagedContainerModel", "modelMonitoringConfig",
+})
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        strict=True,
+    )
+
+
+class GcsSource(_Message):
+    uris: list[str] = Field(
+        min_length=1,
+        description="JSONL files: local paths, gs://, s3:// or memory:// URIs; wildcards allowed.",
+    )
+
+
+class InputConfig(_Message):
+    instances_format: Literal["jsonl"] = "jsonl"
+    gcs_source: GcsSource | None = None
+    bigquery_source: dict[str, Any] | None = Field(None, description="Not supported yet.")
+
+
+class GcsDestination(_Message):
+    output_uri_prefix: str = Field(
+        min_length=1, description="Where the prediction-model-<time>/ folder is written."
+    )
+
+
+class OutputConfig(_Message):
+    predictions_format: Literal["jsonl"] = "jsonl"
+    gcs_destination: GcsDestination | None = None
+    bigquery_destination: dict[str, Any] | None = Field(None, description="Not supported yet.")
+
+
+class JobSpec(_Message):
+    """BatchPredictionJob, the fields a create call sets."""
+
+    display_name: str = Field(min_length=1, max_length=128)
+    model: str = Field(
+        min_length=1,
+        description="publishers/google/models/gemini-2.5-flash, a short name, or a registry name.",
+    )
+    input_config: InputConfig
+    output_config: OutputConfig
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key in data:
+            if key in UNSUPPORTED_FIELDS:
+                raise PydanticCustomError(
+                    "unsupported_field",
+                    "{field} is not supported by batchpredict; remove it from the request.",
+                    {"field": key},
+                )
+        return {k: v for k, v in data.items() if k not in IGNORED_FIELDS}
+
+    def inputs(self) -> list[str]:
+        if self.input_config.bigquery_source is not None:
+            raise InvalidArgument(
+                "inputConfig.bigquerySource is not supported yet. Give JSONL files in "
+                "inputConfig.gcsSource.uris (gs://, s3:// or local paths)."
+            )
+        if self.input_config.gcs_source is None:
+            raise InvalidArgument(
+                "inputConfig.gcsSource is required: "
+                '{"gcsSource": {"uris": ["gs://bucket/input.jsonl"]}}.'
+            )
+        return self.input_config.gcs_source.uris
+
+    def output_prefix(self) -> str:
+        if self.output_config.bigquery_destination is not None:
+            raise InvalidArgument(
+                "outputConfig.bigqueryDestination is not supported yet. Give "
+                "outputConfig.gcsDestination.outputUriPrefix (gs://, s3:// or a local folder)."
+            )
+        if self.output_config.gcs_destination is None:
+            raise InvalidArgument(
+                "outputConfig.gcsDestination is required: "
+                '{"gcsDestination": {"outputUriPrefix": "gs://bucket/output"}}.'
+            )
+        return self.output_config.gcs_destination.output_uri_prefix
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """One message for FastAPI/pydantic validation errors, naming each field as the API does."""
+    parts = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x not in ("body",)]
+        where = loc[0] if loc and loc[0] in ("query", "path", "header") else None
+        if where:
+            loc = loc[1:]
+        field = ".".join(loc)
+        kind = e.get("type", "")
+        if kind == "extra_forbidden":
+            parent = ".".join(loc[:-1])
+            at = f" at '{parent}'" if parent else ""
+            parts.append(f'Invalid JSON payload received. Unknown name "{loc[-1]}"{at}: '
+                         "Cannot find field.")
+        elif kind == "missing" and field:
+            parts.append(f"{field} is required.")
+        elif kind == "missing":
+            parts.append("The request body is required: a BatchPredictionJob as JSON.")
+        elif kind == "unsupported_field":
+            parts.append(str(e.get("msg", "")))
+        elif kind == "json_invalid":
+            error = (e.get("ctx") or {}).get("error", "not JSON")
+            at = f" at position {loc[0]}" if loc else ""
+            parts.append(f"Invalid JSON payload received: {error}{at}.")
+        elif not field:
+            parts.append(
+                "The request body must be a JSON object (a BatchPredictionJob), sent with "
+                "Content-Type: application/json."
+            )
+        else:
+            msg = str(e.get("msg", "invalid"))
+            parts.append(f"Invalid value at '{field}': {msg}." if field else f"{msg}.")
+    return " ".join(parts) or "The request is not valid."
