@@ -55,11 +55,16 @@ class JobStore(abc.ABC):
         """Jobs newest first, all projects when `project` is None."""
 
     @abc.abstractmethod
+    def list_unfinished(self) -> list[Job]:
+        """PENDING, RUNNING and CANCELLING jobs of every project, oldest first: what a
+        scheduler looks at, without reading the finished ones."""
+
+    @abc.abstractmethod
     def delete(self, job_id: int) -> None:
         """Remove a finished job; FailedPrecondition when it is not finished."""
 
     @abc.abstractmethod
-    def _compare_and_set(self, job: Job, expected: JobState, owner: str | None | bool) -> bool:
+    def _compare_and_set(self, job: Job, expected: JobState, owner: str | bool | None) -> bool:
         """Write `job` whole if its stored state is `expected` (and, unless `owner` is False,
         its stored owner is `owner`). True when written."""
 

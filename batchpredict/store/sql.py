@@ -63,6 +63,12 @@ class SQLJobStore(JobStore):
             )
         return [self._load(r[0]) for r in rows]
 
+    def list_unfinished(self) -> list[Job]:
+        rows, _ = self._query(
+            "SELECT data FROM jobs WHERE state IN (?,?,?) ORDER BY id", _UNFINISHED
+        )
+        return [self._load(r[0]) for r in rows]
+
     def delete(self, job_id: int) -> None:
         job = self.get(job_id)
         if not job.state.is_terminal:
@@ -72,7 +78,7 @@ class SQLJobStore(JobStore):
             )
         self._query("DELETE FROM jobs WHERE id=?", (job_id,))
 
-    def _compare_and_set(self, job: Job, expected: JobState, owner: str | None | bool) -> bool:
+    def _compare_and_set(self, job: Job, expected: JobState, owner: str | bool | None) -> bool:
         sql = "UPDATE jobs SET state=?, owner=?, fingerprint=?, data=? WHERE id=? AND state=?"
         args: tuple[Any, ...] = (
             job.state.value, job.owner, job.fingerprint, self._dump(job), job.id, expected.value,

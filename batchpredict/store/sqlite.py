@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
 
 

@@ -98,3 +98,13 @@ def test_a_whole_job_runs_on_the_store(open_store, tmp_path: Path) -> None:
     assert done.state == S.JOB_STATE_SUCCEEDED
     assert open_store().get(job.id).counts.succeeded == 50
     assert [line["key"] for line in read_predictions(tmp_path / "out")] == list(range(50))
+
+
+def test_unfinished_jobs_are_listed_oldest_first(open_store) -> None:
+    store: JobStore = open_store()
+    a = store.create(Job("a", "m", ["in"], "out"))
+    b = store.create(Job("b", "m", ["in"], "out"))
+    c = store.create(Job("c", "m", ["in"], "out"))
+    store.transition(b.id, S.JOB_STATE_CANCELLED)
+    store.transition(c.id, S.JOB_STATE_RUNNING)
+    assert [j.id for j in store.list_unfinished()] == [a.id, c.id]
