@@ -1,0 +1,60 @@
+"""Helpers for the backend tests: registry files and test-double servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchpredict.testing_server import ServerThread, TestDoubleServer
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items())
+        return "{ " + pairs + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def write_registry(path: Path, *entries: dict[str, Any], include_defaults: bool = False) -> Path:
+    lines = [f"include_defaults = {toml_value(include_defaults)}", ""]
+    for entry in entries:
+        lines.append("[[models]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def summary_counts(stdout: str) -> tuple[int, int, int]:
+    """(succeeded, failed, incomplete) from `batchpredict run`'s summary."""
+    m = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) incomplete", stdout)
+    assert m, stdout
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+@pytest.fixture
+def serve_double() -> Iterator[Any]:
+    """Start test-double servers in background threads: `url = serve_double(server)`."""
+    threads: list[ServerThread] = []
+
+    def start(server: TestDoubleServer) -> str:
+        thread = ServerThread(server)
+        threads.append(thread)
+        return thread.__enter__()
+
+    yield start
+    for thread in threads:
+        thread.__exit__(None, None, None)
