@@ -18,7 +18,7 @@ from batchpredict import storage
 from batchpredict.errors import BatchPredictError, InvalidArgument
 from batchpredict.schema import GenerateContentRequest, parse_request
 
-__all__ = ["Row", "count_rows", "estimate_rows", "iter_rows"]
+__all__ = ["Row", "count_rows", "estimate_rows", "file_rows", "iter_rows"]
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
@@ -101,6 +101,31 @@ def parse_line(index: int, raw: bytes, where: str) -> Row:
         return Row(index, extras, request, error=exc)
 
 
+def file_rows(
+    f: IO[bytes], name: str, first_index: int = 0, skip: int = 0,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[tuple[int, int, Row | None]]:
+    """(line number, bytes, Row) for each row of one open file, rows numbered from
+    `first_index`. Rows numbered below `skip` are counted but not parsed: their Row is None.
+    The runner and the console's upload check both read input through this."""
+    index = first_index
+    for number, raw, size in _lines(f, max_line_bytes):
+        if raw is not None and not raw.strip():
+            continue
+        if index < skip:
+            yield number, size, None
+        elif raw is None:
+            yield number, size, _bad(
+                index,
+                f"Line {number} of {name} is {size} bytes; the limit is {max_line_bytes} bytes. "
+                "Shorten the request (send large media as fileData URIs) or raise "
+                "BATCHPREDICT_MAX_LINE_BYTES.",
+            )
+        else:
+            yield number, size, parse_line(index, raw, f"Line {number} of {name}")
+        index += 1
+
+
 def iter_rows(
     inputs: list[str], skip: int = 0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 ) -> Iterator[Row]:
@@ -108,21 +133,10 @@ def iter_rows(
     index = 0
     for uri in inputs:
         with storage.open_read(uri) as f:
-            for number, raw, size in _lines(f, max_line_bytes):
-                if raw is not None and not raw.strip():
-                    continue
-                if index >= skip:
-                    where = f"Line {number} of {uri}"
-                    if raw is None:
-                        yield _bad(
-                            index,
-                            f"{where} is {size} bytes; the limit is {max_line_bytes} bytes. "
-                            "Shorten the request (send large media as fileData URIs) or raise "
-                            "BATCHPREDICT_MAX_LINE_BYTES.",
-                        )
-                    else:
-                        yield parse_line(index, raw, where)
+            for _, _, row in file_rows(f, uri, index, skip, max_line_bytes):
                 index += 1
+                if row is not None:
+                    yield row
 
 
 def count_rows(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> int:

@@ -21,6 +21,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchpredict.config import Settings
@@ -79,7 +80,9 @@ def create_app(
             if own_store and hasattr(store, "close"):
                 store.close()
 
-    app = FastAPI(
+    # FastAPIOffline serves /docs with Swagger UI bundled in the package, not from a CDN:
+    # the docs work on a machine without internet.
+    app = FastAPIOffline(
         title="batchpredict",
         description="Vertex AI batch prediction for Gemini, self-hosted.",
         version=_version(),

@@ -229,7 +229,12 @@ def test_health_metrics_and_docs(server: ThreadServer, make_input, tmp_path: Pat
     assert re.search(r'batchpredict_http_request_duration_seconds_count\{code="200",method="POST",'
                      r'route="/v1/projects/\{project\}/locations/\{location\}/'
                      r'batchPredictionJobs"\} 1\.0', text)
-    assert server.call("GET", "/docs").status == 200
+    docs = server.call("GET", "/docs")
+    assert docs.status == 200
+    page = docs.body.decode()
+    assert "cdn." not in page  # works offline: Swagger UI is served by this server
+    script = re.search(r'src="(/[^"]*swagger-ui-bundle\.js)"', page)
+    assert script and server.call("GET", script.group(1)).status == 200
     spec = server.call("GET", "/openapi.json").json
     assert "/v1beta1/batchPredictionJobs/{job_id}:cancel" in spec["paths"]
     assert "/v1/projects/{project}/locations/{location}/batchPredictionJobs" in spec["paths"]

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from batchpredict import storage
 from batchpredict.errors import InvalidArgument
-from batchpredict.rows import _lines, parse_line
+from batchpredict.rows import file_rows
 
 __all__ = ["MAX_PROBLEMS", "InputReport", "check_stream", "check_uris", "store_upload"]
 
@@ -73,24 +73,13 @@ def check_stream(
 ) -> InputReport:
     """Check every line of one file (binary, read line by line) into `report`."""
     report.files.append(name)
-    for number, raw, size in _lines(f, max_line_bytes):
+    for number, size, row in file_rows(f, name, report.rows, 0, max_line_bytes):
         report.size_bytes += size
-        if raw is not None and not raw.strip():
-            continue
         if max_rows is not None and report.rows >= max_rows:
             report.truncated = True
             return report
-        where = f"Line {number} of {name}"
-        message: str | None
-        if raw is None:
-            # The runner's words for an over-long line (rows.iter_rows).
-            message = (
-                f"{where} is {size} bytes; the limit is {max_line_bytes} bytes. Shorten the "
-                "request (send large media as fileData URIs) or raise BATCHPREDICT_MAX_LINE_BYTES."
-            )
-        else:
-            row = parse_line(report.rows, raw, where)
-            message = row.error.message if row.error is not None else None
+        # the runner's own reading of the line: the same Row, the same words
+        message = row.error.message if row is not None and row.error is not None else None
         if message is not None:
             report.invalid += 1
             if len(report.problems) < MAX_PROBLEMS:
