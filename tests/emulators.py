@@ -111,13 +111,31 @@ class Bucket:
         return f"Bucket({self.uri()!r})"
 
 
-class GCSEmulator:
-    """gcp-storage-emulator, in memory, in a daemon thread of this process."""
+class _LoopbackServer:
+    """A storage server on a free loopback port, run in a thread of this process."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._server: Any = None
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class GCSEmulator(_LoopbackServer):
+    """gcp-storage-emulator, in memory, in a daemon thread of this process."""
 
     def start(self) -> GCSEmulator:
         from gcp_storage_emulator.server import create_server
@@ -128,17 +146,6 @@ class GCSEmulator:
         self._server._api.daemon = True
         self._server.start()
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def __enter__(self) -> GCSEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def env(self) -> dict[str, str]:
         return {
@@ -172,13 +179,8 @@ class GCSEmulator:
         return sorted(b.name for b in self.client().list_blobs(bucket, prefix=prefix or None))
 
 
-class S3Server:
+class S3Server(_LoopbackServer):
     """moto's S3 (and every other AWS service) as a real HTTP server in a thread of this process."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server: Any = None
 
     def start(self) -> S3Server:
         from moto.server import ThreadedMotoServer
@@ -187,17 +189,6 @@ class S3Server:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def __enter__(self) -> S3Server:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint, **AWS_TEST_ENV}

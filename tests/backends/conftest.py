@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +58,11 @@ def serve_double() -> Iterator[Any]:
     yield start
     for thread in threads:
         thread.__exit__(None, None, None)
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[TestDoubleServer]:
+    server = TestDoubleServer(record=True)
+    await server.start()
+    yield server
+    await server.stop()

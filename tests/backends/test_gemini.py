@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from batchpredict.backends.gemini import GeminiBackend, GeminiSettings
 from batchpredict.errors import BatchPredictError
@@ -46,14 +43,6 @@ def camel(obj: Any) -> Any:
         return {re.sub(r"_([a-z])", lambda m: m.group(1).upper(), k): camel(v)
                 for k, v in obj.items()}
     return obj
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[TestDoubleServer]:
-    server = TestDoubleServer(record=True)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def generate(double: TestDoubleServer, request: dict[str, Any],

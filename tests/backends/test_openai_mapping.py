@@ -23,14 +23,6 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
 
 @pytest.fixture
-async def double() -> AsyncIterator[TestDoubleServer]:
-    server = TestDoubleServer(record=True)
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def backend(double: TestDoubleServer) -> AsyncIterator[OpenAIBackend]:
     b = OpenAIBackend("my-model", OpenAISettings(base_url=double.url + "/v1", retries=0,
                                                  headers={"X-Team": "ml"}))
