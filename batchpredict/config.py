@@ -81,7 +81,7 @@ class Settings:
         """(environment variable, default) for every setting."""
         out = []
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
             out.append((f"BATCHPREDICT_{f.name.upper()}", str(default)))
         return out
 

@@ -8,7 +8,7 @@ one bad line never stops a job.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -128,7 +128,7 @@ def file_rows(
 
 def iter_rows(
     inputs: list[str], skip: int = 0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-) -> Iterator[Row]:
+) -> Generator[Row, None, None]:
     """Every row of `inputs` from row number `skip` on."""
     index = 0
     for uri in inputs:

@@ -184,13 +184,13 @@ class JobRunner:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
 
-    async def _watch(self, dispatcher: asyncio.Future[None]) -> str:
+    async def _watch(self, dispatcher: asyncio.Future[Any]) -> str:
         """Flush chunks as they fill, heartbeat, and notice cancel, time limit and interrupt."""
         st = self.settings
         started = self.job.start_time or utcnow()
         while True:
-            wait = asyncio.ensure_future(self.progressed.wait())
-            stop = asyncio.ensure_future(self.interrupt.wait())
+            wait: asyncio.Future[Any] = asyncio.ensure_future(self.progressed.wait())
+            stop: asyncio.Future[Any] = asyncio.ensure_future(self.interrupt.wait())
             await asyncio.wait(
                 [wait, stop, dispatcher], timeout=st.poll_seconds, return_when="FIRST_COMPLETED"
             )

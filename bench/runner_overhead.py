@@ -129,7 +129,8 @@ def main() -> None:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             print(json.dumps(result), flush=True)
             results.append(result)
-    print("\n| rows | bare loop rows/s | runner rows/s | runner / bare | bare peak MB | runner peak MB |")
+    print("\n| rows | bare loop rows/s | runner rows/s | runner / bare "
+          "| bare peak MB | runner peak MB |")
     print("|---:|---:|---:|---:|---:|---:|")
     by = {(r["mode"], r["rows"]): r for r in results}
     for rows in sorted({r["rows"] for r in results}):

@@ -2,7 +2,8 @@
 
 A backend turns a batch of validated Gemini `GenerateContentRequest`s into one result per request:
 either a `GenerateContentResponse` as a JSON-ready dict (camelCase, exactly what goes into the
-output line's `response`), or a `BatchPredictError` whose `row_status()` becomes the line's `status`.
+output line's `response`), or a `BatchPredictError` whose `row_status()` becomes the line's
+`status`.
 A backend never raises for one bad row; raising from `generate` fails every row of that batch
 with the raised error (mapped to INTERNAL when it is not a `BatchPredictError`).
 

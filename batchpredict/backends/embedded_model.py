@@ -115,7 +115,7 @@ def _convert(gguf: Path, out: Path) -> None:
         folder, gguf_file=name, dtype=torch.float32, local_files_only=True
     )
     # Saved weights are plain float32: the folder must not claim to be GGUF-quantized.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)

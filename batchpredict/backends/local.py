@@ -186,7 +186,7 @@ class LocalBackend(Backend):
             model = AutoModelForCausalLM.from_pretrained(
                 folder, dtype=getattr(torch, dtype), local_files_only=True
             )
-            model.to(self.device).eval()
+            model.to(self.device).eval()  # type: ignore[arg-type]
             eos = model.generation_config.eos_token_id
             eos = [eos] if isinstance(eos, int) else list(eos or [])
             if tokenizer.eos_token_id is not None:
@@ -339,7 +339,7 @@ class LocalBackend(Backend):
             if temperature > 0:
                 seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
                 gen = torch.Generator().manual_seed(_candidate_seed(seed, i))
-            seqs.append(_Seq(**common, generator=gen))
+            seqs.append(_Seq(**common, generator=gen))  # type: ignore[arg-type]
         return prompt, seqs
 
     def _response(self, prompt_tokens: int, seqs: list[_Seq]) -> dict[str, Any]:
@@ -375,7 +375,8 @@ class LocalBackend(Backend):
         for seq in sorted(seqs, key=lambda s: len(s.prompt)):
             chunk = pending[-1] if pending else []
             width = max(len(s.prompt) + s.max_new for s in [*chunk, seq])
-            budget = self.max_batch_tokens or (1 << 20 if self.device.type == "cuda" else 1 << 16)
+            on_gpu = self.device is not None and self.device.type == "cuda"
+            budget = self.max_batch_tokens or (1 << 20 if on_gpu else 1 << 16)
             if not chunk or len(chunk) >= self.batch_size or (len(chunk) + 1) * width > budget:
                 pending.append(chunk := [])
             chunk.append(seq)

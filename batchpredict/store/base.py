@@ -11,6 +11,7 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import abc
+import builtins
 import os
 import socket
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class JobStore(abc.ABC):
         """Jobs newest first, all projects when `project` is None."""
 
     @abc.abstractmethod
-    def list_unfinished(self) -> list[Job]:
+    def list_unfinished(self) -> builtins.list[Job]:
         """PENDING, RUNNING and CANCELLING jobs of every project, oldest first: what a
         scheduler looks at, without reading the finished ones."""
 

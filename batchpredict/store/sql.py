@@ -8,6 +8,7 @@ placeholder; the statements are written once, with `?` placeholders.
 from __future__ import annotations
 
 import abc
+import builtins
 from typing import Any
 
 import orjson
@@ -63,7 +64,7 @@ class SQLJobStore(JobStore):
             )
         return [self._load(r[0]) for r in rows]
 
-    def list_unfinished(self) -> list[Job]:
+    def list_unfinished(self) -> builtins.list[Job]:
         rows, _ = self._query(
             "SELECT data FROM jobs WHERE state IN (?,?,?) ORDER BY id", _UNFINISHED
         )
