@@ -86,8 +86,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     srv.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: sync Playwright runs an event loop in this thread while it is open,
+    which would break every later test that calls asyncio.run."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
