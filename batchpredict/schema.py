@@ -16,7 +16,7 @@ snake_case input is renamed to camelCase (following the schema, so free-form obj
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -32,7 +32,32 @@ __all__ = [
     "parse_request",
 ]
 
-VALID_ROLES = ("user", "model")
+
+# Ranges Vertex enforces: JSON name -> (low inclusive, high exclusive as Vertex prints it, high).
+# They are msgspec constraints, checked in C while decoding; `_describe` words a breach as Vertex.
+_RANGES: dict[str, tuple[float, str, float]] = {
+    "temperature": (0, "2.0001", 2.0001),
+    "topP": (0, "1.0001", 1.0001),
+    "topK": (1, "41", 41),
+    "candidateCount": (1, "9", 9),
+    "maxOutputTokens": (1, "65537", 65537),
+    "presencePenalty": (-2, "2", 2),
+    "frequencyPenalty": (-2, "2", 2),
+}
+
+
+def _ranged(kind: type, name: str) -> Any:
+    low, _, high = _RANGES[name]
+    return Annotated[kind, msgspec.Meta(ge=low, lt=high)]
+
+
+Temperature = _ranged(float, "temperature")
+TopP = _ranged(float, "topP")
+TopK = _ranged(float, "topK")
+CandidateCount = _ranged(int, "candidateCount")
+MaxOutputTokens = _ranged(int, "maxOutputTokens")
+PresencePenalty = _ranged(float, "presencePenalty")
+FrequencyPenalty = _ranged(float, "frequencyPenalty")
 
 
 class _Message(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
@@ -95,19 +120,25 @@ class Part(_Message):
 
 
 class Content(_Message):
-    role: str | None = None
+    role: Literal["user", "model"] | None = None
     parts: list[Part] = []
 
 
+class SystemInstruction(Content):
+    """Its role, if any, is ignored: Gemini accepts any."""
+
+    role: str | None = None  # type: ignore[assignment]
+
+
 class GenerationConfig(_Message):
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: float | None = None
-    candidate_count: int | None = None
-    max_output_tokens: int | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    candidate_count: CandidateCount | None = None
+    max_output_tokens: MaxOutputTokens | None = None
     stop_sequences: list[str] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: PresencePenalty | None = None
+    frequency_penalty: FrequencyPenalty | None = None
     seed: int | None = None
     response_mime_type: str | None = None
     response_schema: dict[str, Any] | None = None
@@ -126,7 +157,7 @@ class GenerationConfig(_Message):
 
 class GenerateContentRequest(_Message):
     contents: list[Content] = []
-    system_instruction: Content | None = None
+    system_instruction: SystemInstruction | None = None
     generation_config: GenerationConfig | None = None
     safety_settings: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
@@ -197,6 +228,8 @@ _PROTO_TYPES = {
 }
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `\$(.*)`)?")
 _MISSING = re.compile(r"Object missing required field `([^`]*)`(?: - at `\$(.*)`)?")
+_BAD_ENUM = re.compile(r"Invalid enum value .* - at `\$(.*\.role)`")
+_OUT_OF_RANGE = re.compile(r"Expected `(?:int|float)` (?:>=|<) [-0-9.e]+ - at `\$(.*)`")
 _EXPECTED = re.compile(r"Expected `([^`|]*)[^`]*`, got `([^`]*)`(?: - at `\$(.*)`)?")
 _PATH_PART = re.compile(r"\.([A-Za-z0-9_]+)|\[(\d+)\]")
 
@@ -228,6 +261,18 @@ def _describe(exc: msgspec.ValidationError, obj: Any) -> str:
             f'Invalid JSON payload received. Unknown name "{m.group(1)}"{where}: '
             "Cannot find field."
         )
+    if _BAD_ENUM.match(text):
+        return "Please use a valid role: user, model."
+    if m := _OUT_OF_RANGE.match(text):
+        name = m.group(1).rsplit(".", 1)[-1]
+        low, high_text, _ = _RANGES[name]
+        value = _value_at(obj, m.group(1))
+        shown = int(value) if isinstance(value, float) and value.is_integer() else value
+        return (
+            f"Unable to submit request because it has a {name} value of {shown} but the "
+            f"supported range is from {low} (inclusive) to {high_text} (exclusive). "
+            "Update the value and try again."
+        )
     if m := _MISSING.match(text):
         field = ".".join(p for p in (_path(m.group(2)), _snake(m.group(1))) if p)
         return f"Invalid JSON payload received. Missing required field '{field}'."
@@ -254,30 +299,6 @@ def _decode(obj: Any, cls: type[msgspec.Struct]) -> Any:
 
 
 # -- rules beyond types -----------------------------------------------------------------------
-# (attribute, low inclusive, high exclusive as Vertex prints it, high)
-_RANGES = (
-    ("temperature", "temperature", 0, "2.0001", 2.0001),
-    ("top_p", "topP", 0, "1.0001", 1.0001),
-    ("top_k", "topK", 1, "41", 41),
-    ("candidate_count", "candidateCount", 1, "9", 9),
-    ("max_output_tokens", "maxOutputTokens", 1, "65537", 65537),
-    ("presence_penalty", "presencePenalty", -2, "2", 2),
-    ("frequency_penalty", "frequencyPenalty", -2, "2", 2),
-)
-
-
-def _check_ranges(config: GenerationConfig) -> None:
-    for attr, name, low, high_text, high in _RANGES:
-        value = getattr(config, attr)
-        if value is not None and not (low <= value < high):
-            shown = int(value) if isinstance(value, float) and value.is_integer() else value
-            raise InvalidArgument(
-                f"Unable to submit request because it has a {name} value of {shown} "
-                f"but the supported range is from {low} (inclusive) to {high_text} (exclusive). "
-                "Update the value and try again."
-            )
-
-
 def _check_content(content: Content, where: str) -> None:
     parts = content.parts
     if not parts:
@@ -312,11 +333,7 @@ def parse_request(obj: Any) -> GenerateContentRequest:
             "Add at least one content with a text part and try again."
         )
     for i, content in enumerate(req.contents):
-        if content.role is not None and content.role not in VALID_ROLES:
-            raise InvalidArgument("Please use a valid role: user, model.")
         _check_content(content, f"contents[{i}]")
     if req.system_instruction is not None:
         _check_content(req.system_instruction, "system_instruction")
-    if req.generation_config is not None:
-        _check_ranges(req.generation_config)
     return req
