@@ -16,7 +16,7 @@ snake_case input is renamed to camelCase (following the schema, so free-form obj
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import msgspec
 
@@ -33,31 +33,32 @@ __all__ = [
 ]
 
 
-# Ranges Vertex enforces: JSON name -> (low inclusive, high exclusive as Vertex prints it, high).
-# They are msgspec constraints, checked in C while decoding; `_describe` words a breach as Vertex.
-_RANGES: dict[str, tuple[float, str, float]] = {
-    "temperature": (0, "2.0001", 2.0001),
-    "topP": (0, "1.0001", 1.0001),
-    "topK": (1, "41", 41),
-    "candidateCount": (1, "9", 9),
-    "maxOutputTokens": (1, "65537", 65537),
-    "presencePenalty": (-2, "2", 2),
-    "frequencyPenalty": (-2, "2", 2),
+# Ranges Vertex enforces, as msgspec constraints checked in C while decoding (`_describe` words
+# a breach as Vertex does). The upper bound is exclusive, printed as Vertex prints it.
+Temperature = Annotated[float, msgspec.Meta(ge=0, lt=2.0001)]
+TopP = Annotated[float, msgspec.Meta(ge=0, lt=1.0001)]
+TopK = Annotated[float, msgspec.Meta(ge=1, lt=41)]
+CandidateCount = Annotated[int, msgspec.Meta(ge=1, lt=9)]
+MaxOutputTokens = Annotated[int, msgspec.Meta(ge=1, lt=65537)]
+PresencePenalty = Annotated[float, msgspec.Meta(ge=-2, lt=2)]
+FrequencyPenalty = Annotated[float, msgspec.Meta(ge=-2, lt=2)]
+
+
+def _bounds(alias: Any) -> tuple[float, float]:
+    meta = get_args(alias)[1]
+    return meta.ge, meta.lt
+
+
+#: JSON name -> (low inclusive, high exclusive)
+_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": _bounds(Temperature),
+    "topP": _bounds(TopP),
+    "topK": _bounds(TopK),
+    "candidateCount": _bounds(CandidateCount),
+    "maxOutputTokens": _bounds(MaxOutputTokens),
+    "presencePenalty": _bounds(PresencePenalty),
+    "frequencyPenalty": _bounds(FrequencyPenalty),
 }
-
-
-def _ranged(kind: type, name: str) -> Any:
-    low, _, high = _RANGES[name]
-    return Annotated[kind, msgspec.Meta(ge=low, lt=high)]
-
-
-Temperature = _ranged(float, "temperature")
-TopP = _ranged(float, "topP")
-TopK = _ranged(float, "topK")
-CandidateCount = _ranged(int, "candidateCount")
-MaxOutputTokens = _ranged(int, "maxOutputTokens")
-PresencePenalty = _ranged(float, "presencePenalty")
-FrequencyPenalty = _ranged(float, "frequencyPenalty")
 
 
 class _Message(msgspec.Struct, rename="camel", forbid_unknown_fields=True, omit_defaults=True):
@@ -265,12 +266,12 @@ def _describe(exc: msgspec.ValidationError, obj: Any) -> str:
         return "Please use a valid role: user, model."
     if m := _OUT_OF_RANGE.match(text):
         name = m.group(1).rsplit(".", 1)[-1]
-        low, high_text, _ = _RANGES[name]
+        low, high = _RANGES[name]
         value = _value_at(obj, m.group(1))
         shown = int(value) if isinstance(value, float) and value.is_integer() else value
         return (
             f"Unable to submit request because it has a {name} value of {shown} but the "
-            f"supported range is from {low} (inclusive) to {high_text} (exclusive). "
+            f"supported range is from {low:g} (inclusive) to {high:g} (exclusive). "
             "Update the value and try again."
         )
     if m := _MISSING.match(text):

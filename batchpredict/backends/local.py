@@ -61,7 +61,7 @@ from batchpredict.errors import (
 if TYPE_CHECKING:
     import torch
 
-    from batchpredict.schema import GenerateContentRequest
+    from batchpredict.schema import Content, GenerateContentRequest
 
 __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "LocalBackend", "prepare_embedded_model"]
 
@@ -252,7 +252,9 @@ class LocalBackend(Backend):
         """Chat messages of a request; InvalidArgument for anything but text."""
         self._check_supported(req)
         messages = []
-        blocks = [("system_instruction", req.system_instruction)] if req.system_instruction else []
+        blocks: list[tuple[str, Content]] = (
+            [("system_instruction", req.system_instruction)] if req.system_instruction else []
+        )
         blocks += [(f"contents[{i}]", c) for i, c in enumerate(req.contents)]
         for where, content in blocks:
             texts = []
