@@ -221,6 +221,8 @@ class _ProgressBar:
 
 def _print_summary(job: Job) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_row("job", f"{job.id} ({job.display_name})")
     table.add_row("state", _state_text(job.state))
     table.add_row(
@@ -236,12 +238,13 @@ def _print_summary(job: Job) -> None:
     if job.start_time and job.end_time:
         seconds = (job.end_time - job.start_time).total_seconds()
         table.add_row("time", f"{seconds:.1f} s")
-    if job.output_dir:
-        done = job.state.is_terminal
-        table.add_row("output", f"{job.output_dir}/predictions.jsonl" if done else job.output_dir)
     if job.error:
         table.add_row("error", job.error.get("message", ""))
     out.print(table, highlight=False)
+    if job.output_dir:
+        # one unbroken line, so the path copies whole however narrow the terminal
+        path = f"{job.output_dir}/predictions.jsonl" if job.state.is_terminal else job.output_dir
+        out.print(f"output  {path}", soft_wrap=True, highlight=False)
 
 
 _STATE_COLOURS = {

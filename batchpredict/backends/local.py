@@ -153,7 +153,9 @@ class LocalBackend(Backend):
 
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # our own progress bar is the one the user watches
         with self._lock:
             if self.model is not None:
                 return

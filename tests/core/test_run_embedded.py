@@ -86,7 +86,11 @@ def test_the_job_succeeds_with_a_summary(job: dict) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "SUCCEEDED" in proc.stdout
     assert "4 succeeded, 7 failed, 0 incomplete" in proc.stdout
-    assert "predictions.jsonl" in proc.stdout
+    # the whole output path on one line, ready to copy, however narrow the terminal
+    out = job["tmp"] / "out"
+    assert re.search(rf"^output  {out}/prediction-model-[^/\s]+/predictions\.jsonl$",
+                     proc.stdout, re.M), proc.stdout
+    assert "Loading weights" not in proc.stderr  # no library progress bars beside ours
     assert "Traceback" not in proc.stderr
 
 
