@@ -27,9 +27,6 @@ from pathlib import Path
 
 import orjson
 
-# the test double's own answer, so the bare loop writes exactly the lines the runner writes
-from batchpredict.testing import RESPONSE
-
 REQUEST = {
     "contents": [
         {
@@ -38,6 +35,17 @@ REQUEST = {
         }
     ],
     "generationConfig": {"temperature": 0.2, "topP": 0.95, "maxOutputTokens": 128},
+}
+RESPONSE = {
+    "candidates": [
+        {
+            "content": {"role": "model", "parts": [{"text": "ok 14"}]},
+            "finishReason": "STOP",
+            "avgLogprobs": -0.5,
+        }
+    ],
+    "modelVersion": "test-double",
+    "usageMetadata": {"promptTokenCount": 14, "candidatesTokenCount": 2, "totalTokenCount": 16},
 }
 
 
