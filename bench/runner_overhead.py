@@ -36,6 +36,8 @@ REQUEST = {
     ],
     "generationConfig": {"temperature": 0.2, "topP": 0.95, "maxOutputTokens": 128},
 }
+# The shape InstantTestDouble answers with, written out here rather than imported: the bare loop
+# must not import batchpredict, or its peak memory would include ours.
 RESPONSE = {
     "candidates": [
         {
