@@ -94,7 +94,9 @@ class JobService:
         uris, prefix = spec.inputs(), spec.output_prefix()
 
         def resolve() -> list[str]:
-            storage.filesystem(prefix)  # refuses an unsupported scheme now, not at run time
+            # a bad scheme, bq://, a missing bucket or an unwritable folder: a 4xx now, not a
+            # FAILED job later (the runner checks again when it starts: time passes in PENDING)
+            storage.check_output_writable(prefix)
             return storage.expand_inputs(uris)  # 404 naming a missing input
 
         inputs = await asyncio.to_thread(resolve)

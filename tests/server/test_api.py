@@ -120,6 +120,16 @@ def test_create_errors(server: ThreadServer, make_input, tmp_path: Path) -> None
 
     reply = server.call("POST", path, job_body(make_input(1), "ftp://host/out"))
     assert reply.status == 400 and "ftp://" in reply.json["error"]["message"]
+
+    reply = server.call("POST", path, job_body(make_input(1), "bq://project.dataset.table"))
+    assert reply.status == 400
+    assert reply.json["error"]["message"].startswith(
+        "BigQuery destinations (bq://project.dataset.table) are not supported.")
+
+    blocked = tmp_path / "read-only"
+    blocked.write_text("a file, so nothing can be made under it")
+    reply = server.call("POST", path, job_body(make_input(1), blocked / "out"))
+    assert reply.status in (400, 404) and str(blocked) in reply.json["error"]["message"]
     assert server.call("GET", path).json == {"batchPredictionJobs": []}  # none was created
 
 

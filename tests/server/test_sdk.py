@@ -147,3 +147,17 @@ def test_express_mode_with_an_api_key(start_server, make_input, tmp_path: Path) 
         stranger.batches.get(name=job.name)
     assert caught.value.code == 401
     assert a.batches.delete(name=job.name).done is True
+
+
+def test_create_into_a_missing_bucket_is_refused_at_once(server: ThreadServer, gcs: Bucket) -> None:
+    gcs.write("in/requests.jsonl", orjson.dumps({"request": {"contents": [
+        {"role": "user", "parts": [{"text": "hi"}]}]}}) + b"\n")
+    source = {"uris": [gcs.uri("in/requests.jsonl")]}
+    body = {"displayName": "x", "model": "fast-model",
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": source},
+            "outputConfig": {"predictionsFormat": "jsonl",
+                             "gcsDestination": {"outputUriPrefix": "gs://no-such-bucket-xyz/out"}}}
+    reply = server.call("POST", server.jobs_path(), body)
+    assert reply.status == 404, reply.json
+    assert reply.json["error"]["message"].startswith(
+        "The output bucket gs://no-such-bucket-xyz does not exist")
