@@ -25,13 +25,12 @@ from typing import Any
 
 from batchpredict import output, storage
 from batchpredict.backends import dedupe
-from batchpredict.backends.base import Backend
+from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.errors import (
     BatchPredictError,
     Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
-    Internal,
     InvalidArgument,
 )
 from batchpredict.jobs import Job, JobState, RowCounts, owner_id, utcnow
@@ -273,21 +272,9 @@ class JobRunner:
 
     async def _generate(self, batch: list[Row], slots: asyncio.Semaphore) -> None:
         try:
-            try:
-                results: list[Any] = await self.backend.generate(
-                    [row.parsed for row in batch]  # type: ignore[misc]
-                )
-                if len(results) != len(batch):
-                    raise Internal(
-                        f"The backend answered {len(results)} results for {len(batch)} requests."
-                    )
-            except BatchPredictError as exc:
-                results = [exc] * len(batch)
-            except Exception as exc:  # a backend bug must not lose the batch's rows
-                log.exception("backend %s failed a batch", type(self.backend).__name__)
-                results = [Internal(f"The backend failed: {type(exc).__name__}: {exc}")] * len(
-                    batch
-                )
+            results = await generate_per_row(
+                self.backend, [row.parsed for row in batch]  # type: ignore[misc]
+            )
             when = output.processed_time()  # one clock read per batch: they ended together
             for row, result in zip(batch, results, strict=True):
                 self._deliver(row, result, when)

@@ -15,13 +15,17 @@ remote server wants batch_size 1 and many calls in flight.
 from __future__ import annotations
 
 import abc
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from batchpredict.errors import BatchPredictError, Internal
+
 if TYPE_CHECKING:
-    from batchpredict.errors import BatchPredictError
     from batchpredict.schema import GenerateContentRequest
 
-__all__ = ["Backend", "Result"]
+__all__ = ["Backend", "Result", "generate_per_row"]
+
+log = logging.getLogger(__name__)
 
 Result = "dict[str, Any] | BatchPredictError"
 
@@ -47,3 +51,24 @@ class Backend(abc.ABC):
         self, requests: list[GenerateContentRequest]
     ) -> list[dict[str, Any] | BatchPredictError]:
         """One result per request, in the same order."""
+
+
+async def generate_per_row(
+    backend: Backend, requests: list[GenerateContentRequest]
+) -> list[dict[str, Any] | BatchPredictError]:
+    """`backend.generate`, with a result for every request whatever the backend does: a raised
+    BatchPredictError fails each request with it; any other exception (a backend bug), or the
+    wrong number of results, fails each with INTERNAL, so no row is ever lost."""
+    try:
+        results = await backend.generate(requests)
+    except BatchPredictError as exc:
+        return [exc] * len(requests)
+    except Exception as exc:
+        log.exception("backend %s failed a batch", type(backend).__name__)
+        return [Internal(f"The backend failed: {type(exc).__name__}: {exc}")] * len(requests)
+    if len(results) != len(requests):
+        error = Internal(
+            f"The backend answered {len(results)} results for {len(requests)} requests."
+        )
+        return [error] * len(requests)
+    return results

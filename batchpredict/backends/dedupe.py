@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from batchpredict.backends.base import Backend
-from batchpredict.errors import BatchPredictError, Internal
+from batchpredict.backends.base import Backend, generate_per_row
+from batchpredict.errors import BatchPredictError
 
 if TYPE_CHECKING:
     from batchpredict.schema import GenerateContentRequest
@@ -114,26 +114,14 @@ class DedupingBackend(Backend):
     async def _send(self, batch: list[GenerateContentRequest],
                     owned: dict[bytes, asyncio.Future[Any]], keys: list[bytes | None],
                     send: list[int]) -> list[Any]:
-        raised: Exception | None = None
-        try:
-            answers = await self.inner.generate(batch)
-            if len(answers) != len(batch):
-                raise Internal(
-                    f"The backend answered {len(answers)} results for {len(batch)} requests."
-                )
-        except BatchPredictError as exc:
-            answers, raised = [exc] * len(batch), exc
-        except Exception as exc:  # the twins get the runner's message; the runner logs it
-            error = Internal(f"The backend failed: {type(exc).__name__}: {exc}")
-            answers, raised = [error] * len(batch), exc
+        # one result per request even when the backend raises: the twins get the same one
+        answers = await generate_per_row(self.inner, batch)
         for i, answer in zip(send, answers, strict=True):
             key = keys[i]
             if key is not None and key in owned:
                 owned[key].set_result(answer)
                 self.in_flight.pop(key, None)
                 self._remember(key, answer)
-        if raised is not None:
-            raise raised  # the runner fails this batch's rows exactly as without dedupe
         return answers
 
     def _remember(self, key: bytes, answer: Any) -> None:
@@ -149,4 +137,4 @@ class DedupingBackend(Backend):
             if task is not None and task.cancelling():
                 raise  # this row itself is being cancelled
             # The twin's call was cancelled, not ours: send this one ourselves.
-            return (await self.inner.generate([request]))[0]
+            return (await generate_per_row(self.inner, [request]))[0]
