@@ -171,9 +171,10 @@ class _null:
 
 
 class _ProgressBar:
-    """rows, rows/s, tokens/s and ETA; rates count this run's rows only."""
+    """rows, rows/s, tokens/s and ETA, for `run` and `jobs wait`; rates count the rows done
+    since the bar appeared."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, label: str = "predict") -> None:
         self.quiet = quiet
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -187,7 +188,7 @@ class _ProgressBar:
             console=err,
             disable=quiet,
         )
-        self.task = self.progress.add_task("predict", total=None, total_text="?", rate="-", tps="-")
+        self.task = self.progress.add_task(label, total=None, total_text="?", rate="-", tps="-")
         self.started = time.monotonic()
         self.first: RunProgress | None = None
         self.last_draw = 0.0
@@ -198,6 +199,9 @@ class _ProgressBar:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def label(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
 
     def update(self, p: RunProgress) -> None:
         now = time.monotonic()
@@ -487,26 +491,20 @@ def jobs_wait(
 ) -> None:
     """Wait for a job to finish, showing its progress; exit 0 if it SUCCEEDED, else 1."""
     client = _client("wait", server, token, project, location)
-    with Progress(
-        TextColumn("[bold]job {task.fields[job]}"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f}/{task.fields[total_text]} rows"),
-        TextColumn("{task.fields[state]}"),
-        console=err,
-        disable=quiet,
-    ) as bar:
-        task = bar.add_task("wait", total=None, job=job_id, total_text="?", state="")
+    with _ProgressBar(quiet, label=f"job {job_id}") as bar:
 
         def show(j: dict[str, Any]) -> None:
             progress = j.get("progress") or {}
+            stats = j.get("completionStats") or {}
             total = progress.get("totalCount")
-            bar.update(
-                task,
-                completed=int(progress.get("doneCount") or 0),
+            bar.label(f"job {job_id} {_state_text(JobState(j['state']))}")
+            bar.update(RunProgress(
+                done=int(progress.get("doneCount") or 0),
                 total=int(total) if total else None,
-                total_text=f"{int(total):,}" if total else "?",
-                state=_state_text(JobState(j["state"])),
-            )
+                succeeded=int(stats.get("successfulCount") or 0),
+                failed=int(stats.get("failedCount") or 0),
+                tokens=int(progress.get("totalTokenCount") or 0),
+            ))
 
         final = client.wait(job_id, poll_seconds=interval, on_update=show)
     print_job(final, as_json)
