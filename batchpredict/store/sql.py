@@ -36,39 +36,43 @@ class SQLJobStore(JobStore):
         return orjson.dumps(job.to_record()).decode()
 
     @staticmethod
-    def _load(data: Any) -> Job:
-        return Job.from_record(data if isinstance(data, dict) else orjson.loads(data))
+    def _load(row: tuple[Any, ...]) -> Job:
+        """A job from (id, data): the id column is the truth (a new row's record says 0)."""
+        job_id, data = row
+        job = Job.from_record(data if isinstance(data, dict) else orjson.loads(data))
+        job.id = int(job_id)
+        return job
 
     def create(self, job: Job) -> Job:
+        # One statement: no reader ever sees the row without its record.
         rows, _ = self._query(
             "INSERT INTO jobs (project, state, owner, fingerprint, data) VALUES (?,?,?,?,?) "
             "RETURNING id",
-            (job.project, job.state.value, job.owner, job.fingerprint, "{}"),
+            (job.project, job.state.value, job.owner, job.fingerprint, self._dump(job)),
         )
         job.id = int(rows[0][0])
-        self._query("UPDATE jobs SET data=? WHERE id=?", (self._dump(job), job.id))
         return job
 
     def get(self, job_id: int) -> Job:
-        rows, _ = self._query("SELECT data FROM jobs WHERE id=?", (job_id,))
+        rows, _ = self._query("SELECT id, data FROM jobs WHERE id=?", (job_id,))
         if not rows:
             raise NotFound(f"BatchPredictionJob {job_id} was not found.")
-        return self._load(rows[0][0])
+        return self._load(rows[0])
 
     def list(self, project: str | None = None) -> list[Job]:
         if project is None:
-            rows, _ = self._query("SELECT data FROM jobs ORDER BY id DESC")
+            rows, _ = self._query("SELECT id, data FROM jobs ORDER BY id DESC")
         else:
             rows, _ = self._query(
-                "SELECT data FROM jobs WHERE project=? ORDER BY id DESC", (project,)
+                "SELECT id, data FROM jobs WHERE project=? ORDER BY id DESC", (project,)
             )
-        return [self._load(r[0]) for r in rows]
+        return [self._load(r) for r in rows]
 
     def list_unfinished(self) -> builtins.list[Job]:
         rows, _ = self._query(
-            "SELECT data FROM jobs WHERE state IN (?,?,?) ORDER BY id", _UNFINISHED
+            "SELECT id, data FROM jobs WHERE state IN (?,?,?) ORDER BY id", _UNFINISHED
         )
-        return [self._load(r[0]) for r in rows]
+        return [self._load(r) for r in rows]
 
     def delete(self, job_id: int) -> None:
         job = self.get(job_id)
@@ -92,8 +96,8 @@ class SQLJobStore(JobStore):
 
     def find_by_fingerprint(self, fingerprint: str) -> Job | None:
         rows, _ = self._query(
-            "SELECT data FROM jobs WHERE fingerprint=? AND state IN (?,?,?) "
+            "SELECT id, data FROM jobs WHERE fingerprint=? AND state IN (?,?,?) "
             "ORDER BY id DESC LIMIT 1",
             (fingerprint, *_UNFINISHED),
         )
-        return self._load(rows[0][0]) if rows else None
+        return self._load(rows[0]) if rows else None
