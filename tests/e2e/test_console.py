@@ -240,9 +240,9 @@ def test_jobs_list_filters_pages_and_refreshes_itself(
     out = tmp_path / "out"
     for i in range(12):
         server.create(job_body(small, out, "instant", f"sweep-{i:02d}"))
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    failed = server.create(job_body(small, blocker / "out", "instant", "bad-output-prefix"))
+    # every row invalid: the job ends FAILED (an unwritable output is refused at create)
+    bad = str(write_jsonl(tmp_path / "bad.jsonl", [{"request": {"contents": []}}] * 3))
+    failed = server.create(job_body(bad, out, "instant", "bad-rows-only"))
     assert server.wait(failed)["state"] == "JOB_STATE_FAILED"
 
     page.goto(server.url + "/console/?name=sweep-&pageSize=10")
@@ -261,7 +261,7 @@ def test_jobs_list_filters_pages_and_refreshes_itself(
     expect(page.locator("#active-filter")).to_have_text(
         'state="JOB_STATE_FAILED" AND display_name:"sweep-*"')
     expect(page.locator("#jobs-table tbody")).to_contain_text("No job matches this filter.")
-    page.fill("#filter-name", "bad-output")
+    page.fill("#filter-name", "bad-rows")
     page.press("#filter-name", "Enter")
     expect(table).to_have_count(1)
     expect(table.first.locator(".state")).to_have_text("FAILED")
