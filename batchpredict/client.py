@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from batchpredict.config import DEFAULT_LOCATION
 from batchpredict.errors import (
     BatchPredictError,
     DeadlineExceeded,
@@ -31,7 +32,6 @@ from batchpredict.errors import (
 
 __all__ = ["Client", "job_body"]
 
-DEFAULT_LOCATION = "us-central1"
 FINISHED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
             "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED")
 

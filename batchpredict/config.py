@@ -1,8 +1,12 @@
-"""Settings: where batchpredict keeps its data and how it runs jobs.
+"""Settings: where batchpredict keeps its data and how it runs jobs. Every default lives here, once.
 
-Each setting comes from a `BATCHPREDICT_*` environment variable, else its default; the CLI's
-flags override both. `Settings.describe()` lists them all (the README's table is checked
-against it by a test).
+`Settings` is what an app or a command is built with: each setting comes from a `BATCHPREDICT_*`
+environment variable, else its default; the CLI's flags override both. `Settings.describe()` lists
+them all (the README's table is checked against it by a test). Nothing reads the environment at
+row time: the parts that need a setting are handed it when they are built.
+
+`RunnerSettings` is the part of them one job's runner uses (`Settings.runner_settings()`), plus
+two internal sizes that are not settings.
 """
 
 from __future__ import annotations
@@ -14,9 +18,35 @@ from pathlib import Path
 from typing import Any
 
 from batchpredict.errors import InvalidArgument
-from batchpredict.runner import RunnerSettings
 
-__all__ = ["Settings"]
+__all__ = ["DEFAULT_LOCATION", "DEFAULT_MODEL", "RunnerSettings", "Settings"]
+
+#: The location of jobs created without one (Vertex's default region).
+DEFAULT_LOCATION = "us-central1"
+#: The model `batchpredict run` uses when none is named: the embedded one.
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class RunnerSettings:
+    """What one job's runner needs; the defaults of the matching `Settings` fields."""
+
+    #: Write a chunk of output after this many rows...
+    chunk_rows: int = 10_000
+    #: ...or after this many seconds, whichever comes first.
+    chunk_seconds: float = 10.0
+    #: Longest input line accepted, in bytes; longer lines become error rows.
+    max_line_bytes: int = 16 * 1024 * 1024
+    #: A job still running this long after it started ends FAILED (24 h, as on Vertex).
+    time_limit_seconds: float = 24 * 3600.0
+    #: How often a running job checks for cancel and proves it is alive.
+    poll_seconds: float = 1.0
+    #: A runner silent this long is presumed dead; another may take its job.
+    stale_after_seconds: float = 30.0
+    #: Rows read from storage at a time (not a setting).
+    read_batch_rows: int = 256
+    #: Most rows between the reader and the chunk writer at once: memory stays flat.
+    window_rows: int = 20_000
 
 
 def _default_data_dir() -> str:
@@ -32,19 +62,19 @@ class Settings:
     #: Model registry file (TOML); empty for the built-in registry (the embedded model).
     models_file: str = ""
     #: Write a chunk of output after this many rows...
-    chunk_rows: int = 10_000
+    chunk_rows: int = RunnerSettings.chunk_rows
     #: ...or after this many seconds, whichever comes first.
-    chunk_seconds: float = 10.0
+    chunk_seconds: float = RunnerSettings.chunk_seconds
     #: Longest input line accepted, in bytes; longer lines become error rows.
-    max_line_bytes: int = 16 * 1024 * 1024
+    max_line_bytes: int = RunnerSettings.max_line_bytes
     #: A job still running this long after it started ends FAILED (24 h, as on Vertex).
-    time_limit_seconds: float = 24 * 3600.0
+    time_limit_seconds: float = RunnerSettings.time_limit_seconds
     #: Jobs the server runs at once; more wait in JOB_STATE_PENDING.
     max_running_jobs: int = 1
     #: How often a running job checks for cancel and the time limit, and the scheduler for work.
-    poll_seconds: float = 1.0
+    poll_seconds: float = RunnerSettings.poll_seconds
     #: A runner silent this long is presumed dead; the server then resumes its job.
-    stale_after_seconds: float = 30.0
+    stale_after_seconds: float = RunnerSettings.stale_after_seconds
     #: Access tokens file (TOML or JSON): token -> projects it may use ("*" for all). Without
     #: tokens (here or in BATCHPREDICT_TOKENS) the server answers loopback clients only.
     tokens_file: str = ""

@@ -1,9 +1,10 @@
-"""The BatchPredictionJob resource: its states, the allowed transitions, its counts and JSON form.
+"""A batch job as the domain knows it: its states, the allowed transitions, its counts.
 
-A `Job` is what the job store keeps. `Job.to_api()` renders Vertex's BatchPredictionJob JSON
-(int64 counts as strings, RFC 3339 times); everything else about a job lives here too: which state
-may follow which (`ALLOWED_TRANSITIONS`, enforced by the store's one transition method), the
-completion stats and token usage of its committed rows, and the runner's checkpoint.
+A `Job` is what the job store keeps and what every face reads. It knows states and counts, not
+any API's JSON: the Vertex rendering lives in the Vertex face (`server/vertex/resource.py`), and
+the CLI prints from the `Job` itself. Also here: which state may follow which
+(`ALLOWED_TRANSITIONS`, enforced by the store's one transition method), the completion stats and
+token usage of its committed rows, the runner's checkpoint, and where a job runs (`RunsIn`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "Job",
     "JobState",
     "RowCounts",
+    "RunsIn",
     "format_time",
     "owner_id",
     "parse_time",
@@ -100,6 +102,17 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class RunsIn(StrEnum):
+    """Who runs a job. Every job is submitted through the one job service; this says which
+    scheduler may then start it."""
+
+    #: Any server's scheduler sharing the store (jobs created through an API).
+    SCHEDULER = "scheduler"
+    #: Only the command that created it (`batchpredict run`), which runs it here and now and
+    #: resumes it when run again; a server sharing the store leaves it alone.
+    COMMAND = "command"
+
+
 @dataclass
 class RowCounts:
     """Counts over committed output lines. Tokens are summed over successful rows only."""
@@ -160,6 +173,7 @@ class Job:
     #: host:pid of the process running the job, and when it last said it was alive.
     owner: str | None = None
     heartbeat: datetime | None = None
+    runs_in: RunsIn = RunsIn.SCHEDULER
     #: The CLI's `run` finds an unfinished job with the same inputs, output and model by this.
     fingerprint: str | None = None
 
@@ -171,6 +185,7 @@ class Job:
     def to_record(self) -> dict[str, Any]:
         rec = dataclasses.asdict(self)
         rec["state"] = self.state.value
+        rec["runs_in"] = self.runs_in.value
         for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):
             rec[key] = format_time(getattr(self, key))
         return rec
@@ -179,54 +194,12 @@ class Job:
     def from_record(cls, rec: dict[str, Any]) -> Job:
         rec = dict(rec)
         rec["state"] = JobState(rec["state"])
+        # records written before `runs_in` existed: a fingerprint meant a command's job
+        default = RunsIn.COMMAND if rec.get("fingerprint") else RunsIn.SCHEDULER
+        rec["runs_in"] = RunsIn(rec.get("runs_in") or default)
         rec["counts"] = RowCounts(**rec["counts"])
         rec["checkpoint"] = Checkpoint(**rec["checkpoint"])
         for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):
             rec[key] = parse_time(rec.get(key))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in rec.items() if k in known})
-
-    # -- Vertex form ------------------------------------------------------------------
-    def to_api(self) -> dict[str, Any]:
-        """The BatchPredictionJob resource as Vertex renders it."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "displayName": self.display_name,
-            "model": self.model,
-            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": self.input_uris}},
-            "outputConfig": {
-                "predictionsFormat": "jsonl",
-                "gcsDestination": {"outputUriPrefix": self.output_prefix},
-            },
-            "state": self.state.value,
-            "createTime": format_time(self.create_time),
-            "updateTime": format_time(self.update_time),
-        }
-        if self.labels:
-            out["labels"] = self.labels
-        if self.start_time:
-            out["startTime"] = format_time(self.start_time)
-        if self.end_time:
-            out["endTime"] = format_time(self.end_time)
-        if self.error and self.state in (S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
-            out["error"] = self.error
-        if self.output_dir:
-            out["outputInfo"] = {"gcsOutputDirectory": self.output_dir}
-        if self.state != S.JOB_STATE_PENDING:
-            out["completionStats"] = {
-                "successfulCount": str(self.counts.succeeded),
-                "failedCount": str(self.counts.failed),
-                "incompleteCount": str(self.incomplete),
-            }
-        if self.model_version:
-            out["modelVersionId"] = self.model_version
-        # Not in Vertex's resource: what a progress bar and a bill need. Clients that do not
-        # know it ignore it (the google-genai SDK does).
-        out["progress"] = {
-            "totalCount": None if self.total_rows is None else str(self.total_rows),
-            "doneCount": str(self.counts.done),
-            "promptTokenCount": str(self.counts.prompt_tokens),
-            "candidatesTokenCount": str(self.counts.candidates_tokens),
-            "totalTokenCount": str(self.counts.total_tokens),
-        }
-        return out

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchpredict import storage
+from batchpredict.config import Settings
 from batchpredict.errors import BatchPredictError, InvalidArgument
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
     "fetch_file_data",
 ]
 
-DEFAULT_MAX_MEDIA_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_MEDIA_BYTES = Settings.max_media_bytes
 _OBJECT_SCHEMES = ("gs", "s3")
 _LOCAL_SCHEMES = ("file", "memory")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
@@ -64,8 +65,6 @@ class MediaPolicy:
         """From a `Settings` (or anything with `media_roots` and `max_media_bytes`); from the
         environment when None."""
         if settings is None:
-            from batchpredict.config import Settings
-
             settings = Settings.from_env()
         return cls.parse(
             getattr(settings, "media_roots", "") or "",

@@ -9,12 +9,17 @@ exist ARE the durable progress of a job: a resumed runner lists them to learn wh
 (`ChunkedOutput.committed`), so a crash between writing a chunk and checkpointing it loses nothing
 and writes nothing twice. When the job ends, `assemble` streams the chunks in order into
 `predictions.jsonl`, written atomically, and removes them.
+
+    OrderedChunkBuffer   output lines arrive in any order, leave as gap-free runs (chunks)
+    ChunkedOutput        one job's output folder: write, list, recount and assemble chunks
+    OutputReader         the one reader of a job's output for people (downloads, failed rows)
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,11 +27,13 @@ from typing import Any
 import orjson
 
 from batchpredict import storage
-from batchpredict.errors import BatchPredictError
+from batchpredict.errors import BatchPredictError, NotFound
 from batchpredict.jobs import RowCounts
 
 __all__ = [
     "ChunkedOutput",
+    "OrderedChunkBuffer",
+    "OutputReader",
     "error_line",
     "make_output_dir",
     "processed_time",
@@ -82,6 +89,77 @@ def count_line(line: dict[str, Any], into: RowCounts) -> None:
     usage = (line.get("response") or {}).get("usageMetadata") or {}
     into.prompt_tokens += int(usage.get("promptTokenCount") or 0)
     into.candidates_tokens += int(usage.get("candidatesTokenCount") or 0)
+
+
+#: One answered row on its way to a chunk: (line, succeeded, prompt tokens, output tokens).
+Answer = tuple[bytes, bool, int, int]
+#: A run of consecutive rows ready to be one chunk: (first row, lines, their counts).
+Run = tuple[int, list[bytes], RowCounts]
+
+
+class OrderedChunkBuffer:
+    """Output lines arrive in any order (batches finish out of order); they leave in row order.
+
+    Rows that follow the last buffered one without a gap go straight into `lines`; others wait
+    in `pending` until the gap fills (`advance`). `take` hands over what is buffered as runs:
+    the gap-free run only, or (a job ending early) every answered row, as separate runs around
+    the gaps, so no completed row is lost.
+    """
+
+    __slots__ = ("counts", "first", "lines", "next_index", "pending")
+
+    def __init__(self, next_index: int) -> None:
+        #: The first row not yet in `lines`.
+        self.next_index = next_index
+        self.first = next_index
+        self.lines: list[bytes] = []
+        self.counts = RowCounts()
+        self.pending: dict[int, Answer] = {}
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def add(self, index: int, answer: Answer) -> None:
+        if index == self.next_index:
+            self._append(*answer)
+        else:
+            self.pending[index] = answer
+
+    def advance(self) -> None:
+        """Move the rows that now follow without a gap out of `pending`."""
+        pending = self.pending
+        while self.next_index in pending:
+            self._append(*pending.pop(self.next_index))
+
+    def _append(self, line: bytes, ok: bool, prompt: int, cand: int) -> None:
+        self.lines.append(line)
+        counts = self.counts
+        if ok:
+            counts.succeeded += 1
+            counts.prompt_tokens += prompt
+            counts.candidates_tokens += cand
+        else:
+            counts.failed += 1
+        self.next_index += 1
+
+    def take(self, contiguous_only: bool) -> list[Run]:
+        runs: list[Run] = []
+        if self.lines:
+            runs.append((self.first, self.lines, self.counts))
+        if not contiguous_only:
+            for index in sorted(self.pending):
+                line, ok, prompt, cand = self.pending.pop(index)
+                if not runs or runs[-1][0] + len(runs[-1][1]) != index:
+                    runs.append((index, [], RowCounts()))
+                runs[-1][1].append(line)
+                c = runs[-1][2]
+                c.succeeded += ok
+                c.failed += not ok
+                c.prompt_tokens += prompt
+                c.candidates_tokens += cand
+        self.lines, self.counts = [], RowCounts()
+        self.first = self.next_index
+        return runs
 
 
 @dataclass(frozen=True)
@@ -151,3 +229,75 @@ class ChunkedOutput:
             storage.remove(chunk.uri)
         storage.remove_empty_dir(self.incremental_dir)
         return self.predictions_uri
+
+
+class OutputReader:
+    """A job's output as people read it: predictions.jsonl when it exists, else (while the job
+    runs) its incremental chunks in row order. Read as a stream, never whole. A chunk can vanish
+    while it is read (the job ends and assembles them): the reader then starts again from
+    predictions.jsonl, skipping the lines it already gave."""
+
+    BLOCK = 1024 * 1024
+
+    def __init__(self, output_dir: str | None) -> None:
+        self.output = ChunkedOutput(output_dir) if output_dir else None
+
+    def files(self) -> list[str]:
+        """predictions.jsonl when it exists, else the incremental chunks in row order."""
+        if self.output is None:
+            return []
+        if storage.exists(self.output.predictions_uri):
+            return [self.output.predictions_uri]
+        return [chunk.uri for chunk in self.output.chunks()]
+
+    def has_output(self) -> bool:
+        return bool(self.files())
+
+    def lines(self) -> Iterator[bytes]:
+        """Every output line so far, once each, in output order."""
+        given = 0
+        for _attempt in range(3):
+            seen = 0
+            try:
+                for uri in self.files():
+                    with storage.open_read(uri) as f:
+                        for raw in f:
+                            if not raw.strip():
+                                continue
+                            seen += 1
+                            if seen > given:
+                                given += 1
+                                yield raw
+                return
+            except NotFound:
+                continue  # a chunk was assembled away under us: read again from the start
+
+    def blocks(self) -> Iterator[bytes]:
+        """The output so far as blocks of whole lines (a download's body)."""
+        buffer: list[bytes] = []
+        size = 0
+        for raw in self.lines():
+            buffer.append(raw if raw.endswith(b"\n") else raw + b"\n")
+            size += len(raw)
+            if size >= self.BLOCK:
+                yield b"".join(buffer)
+                buffer, size = [], 0
+        if buffer:
+            yield b"".join(buffer)
+
+    def first_failed(self, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The first `limit` output lines whose `status` is not empty, each with `outputLine`
+        (1-based line of the output), and how many lines were read to find them."""
+        found: list[dict[str, Any]] = []
+        read = 0
+        for raw in self.lines():
+            read += 1
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(line, dict) and line.get("status"):
+                found.append({"outputLine": read, **line})
+                if len(found) >= limit:
+                    break
+        return found, read

@@ -1,16 +1,21 @@
 """Running one job: rows stream from storage through the backend into chunked output.
 
     reader thread ──batches of Rows──> dispatcher ──backend.generate (≤ max_concurrency)──>
-    collector (orders lines by row number) ──> flusher (chunk objects + checkpoint + heartbeat)
+    OrderedChunkBuffer (row order) ──> watcher: chunk objects + checkpoint + heartbeat
 
-Lifecycle of `JobRunner.run`: claim the job (one runner per job, across processes), resolve its
-inputs and output directory, learn from the committed chunks where to resume, stream the rest,
-then finish: assemble predictions.jsonl and set the final state. It stops early on cancel
-(CANCELLED), on the time limit (FAILED) or on an interrupt (Ctrl-C, server shutdown: the job stays
-RUNNING and the next runner resumes it). Every stop that ends the job first writes every completed
-row; no stop writes a row twice.
+Only the scheduler builds a runner, for a job it has claimed (the store's `claim`), after the job
+service checked the job's model, inputs and output prefix at submit. The lifecycle of
+`JobRunner.run`:
 
-Memory: at most `window` rows are between the reader and the flusher at any time.
+    start    the output folder; where to resume (the committed chunks are the truth); RUNNING
+    stream   rows in, lines out, chunks committed as they fill, until a `StopReason`
+    conclude DONE: assemble predictions.jsonl, SUCCEEDED (FAILED when no row succeeded)
+             CANCEL: keep every completed row, CANCELLED     TIME_LIMIT: the same, FAILED
+             INTERRUPT (Ctrl-C, server shutdown): commit the gap-free rows, release the job
+             (still RUNNING: the next runner resumes it)     LOST: another runner took it over
+
+Every stop that ends the job first writes every completed row; no stop writes a row twice.
+Memory: at most `window_rows` rows are between the reader and the chunk writer at any time.
 """
 
 from __future__ import annotations
@@ -21,40 +26,32 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
-from batchpredict import output, storage
+from batchpredict import output
 from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend, generate_per_row
-from batchpredict.errors import (
-    BatchPredictError,
-    Cancelled,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-)
-from batchpredict.jobs import Job, JobState, RowCounts, owner_id, utcnow
-from batchpredict.rows import DEFAULT_MAX_LINE_BYTES, Row, count_rows, estimate_rows, iter_rows
+from batchpredict.config import RunnerSettings
+from batchpredict.errors import BatchPredictError, Cancelled, DeadlineExceeded, InvalidArgument
+from batchpredict.input import Row, count_rows, estimate_rows, iter_rows
+from batchpredict.jobs import Job, JobState, RowCounts, utcnow
 from batchpredict.store.base import JobStore
 
-__all__ = ["JobRunner", "Progress", "RunnerSettings"]
+__all__ = ["JobRunner", "Progress", "StopReason"]
 
 log = logging.getLogger(__name__)
 S = JobState
 
 
-@dataclass
-class RunnerSettings:
-    chunk_rows: int = 10_000
-    chunk_seconds: float = 10.0
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-    time_limit_seconds: float = 24 * 3600
-    #: How often the runner checks for cancel and proves it is alive.
-    poll_seconds: float = 1.0
-    #: A runner silent for this long has died; another may take its job.
-    stale_after_seconds: float = 30.0
-    read_batch_rows: int = 256
-    window_rows: int = 20_000
+class StopReason(Enum):
+    """Why rows stopped flowing."""
+
+    DONE = "done"
+    CANCEL = "cancel"
+    TIME_LIMIT = "time limit"
+    INTERRUPT = "interrupt"
+    LOST = "lost"
 
 
 @dataclass
@@ -68,56 +65,47 @@ class Progress:
     tokens: int
 
 
-class _Stop(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 class JobRunner:
     def __init__(
         self,
         store: JobStore,
         job: Job,
         backend: Backend,
-        settings: RunnerSettings | None = None,
+        settings: RunnerSettings,
         on_progress: Callable[[Progress], None] | None = None,
         interrupt: asyncio.Event | None = None,
     ) -> None:
+        """`job` as claimed by its scheduler: `job.owner` is this runner's identity."""
         self.store = store
         self.job = job
+        self.owner = job.owner
         self.backend = dedupe.for_job(backend)  # identical temperature-0 requests sent once
-        self.settings = settings or RunnerSettings()
+        self.settings = settings
         self.on_progress = on_progress
         self.interrupt = interrupt or asyncio.Event()
-        self.owner = owner_id()
+        self.out: output.ChunkedOutput | None = None
+        self.live = RowCounts()  # rows answered, committed or not
+        self.read_all = False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> Job:
         """Run the job to its end (or to an interrupt) and return it as stored."""
-        job = await asyncio.to_thread(
-            self.store.claim, self.job.id, self.owner, self.settings.stale_after_seconds
-        )
-        if job is None:
-            raise FailedPrecondition(
-                f"Job {self.job.id} is being run by another process ({self.job.owner})."
-            )
-        self.job = job
-        if job.state == S.JOB_STATE_CANCELLING:
-            return await self._finish("cancel")
+        if self.job.state == S.JOB_STATE_CANCELLING:
+            return await self._conclude(StopReason.CANCEL)
         try:
-            await asyncio.to_thread(self._prepare)
+            await asyncio.to_thread(self._start)
         except BatchPredictError as exc:
             return await self._fail(exc)
-        return await self._stream()
+        try:
+            reason = await self._stream()
+        except BatchPredictError as exc:
+            return await self._fail(exc, keep_rows=True)
+        return await self._conclude(reason)
 
-    def _prepare(self) -> None:
-        """Resolve inputs and output, then find where to resume (blocking: runs in a thread)."""
+    def _start(self) -> None:
+        """The output folder and where to resume; then RUNNING (blocking: runs in a thread)."""
         job = self.job
-        if not job.checkpoint.inputs:
-            job.checkpoint.inputs = storage.expand_inputs(job.input_uris)
         if not job.output_dir:
-            # Before any row runs: an unwritable prefix fails the job now, naming the URI.
-            storage.check_output_writable(job.output_prefix)
             job.output_dir = output.make_output_dir(job.output_prefix)
         self.out = output.ChunkedOutput(job.output_dir)
         committed, chunks = self.out.committed()
@@ -132,44 +120,24 @@ class JobRunner:
 
         self.job = self.store.transition(job.id, S.JOB_STATE_RUNNING, start)
 
-    async def _stream(self) -> Job:
-        job, st = self.job, self.settings
-        self.next_index = job.checkpoint.committed_rows  # first row not yet in `buffer`
-        self.pending: dict[int, tuple[bytes, bool, int, int]] = {}
-        self.buffer: list[bytes] = []
-        self.buffer_first = self.next_index
-        self.buffer_counts = RowCounts()
-        self.live = RowCounts()  # rows answered in this run, committed or not
-        self.live.add(job.counts)
+    async def _stream(self) -> StopReason:
+        """Rows in, lines out, until the input ends or something stops the job."""
+        self.buffer = output.OrderedChunkBuffer(self.job.checkpoint.committed_rows)
+        self.live = RowCounts()
+        self.live.add(self.job.counts)
         self.progressed = asyncio.Event()
         self.last_flush = self.last_check = time.monotonic()
-        self.read_all = False
         counter = asyncio.ensure_future(self._count_rows())
         dispatcher = asyncio.ensure_future(self._dispatch())
-        reason = "done"
         try:
             reason = await self._watch(dispatcher)
-        except BatchPredictError as exc:
-            dispatcher.cancel()
-            await self._drain(dispatcher)
-            return await self._fail(exc, flush=True)
         finally:
+            counter.cancel()
             if not dispatcher.done():
                 dispatcher.cancel()
-                await self._drain(dispatcher)
-        counter.cancel()
-        if reason == "interrupt":
-            await self._flush(contiguous_only=True)
-            await asyncio.to_thread(self.store.release, self.job)
-            return self.job
-        if reason == "lost":
-            return self.job
-        if not self.read_all:  # ended early: the exact count, for incompleteCount
-            self.job.total_rows = await asyncio.to_thread(
-                count_rows, self.job.checkpoint.inputs, st.max_line_bytes
-            )
-        await self._flush(contiguous_only=reason == "done")
-        return await self._finish(reason)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await dispatcher
+        return reason
 
     async def _count_rows(self) -> None:
         """A quick total for the progress bar; exact once the reader reaches the end."""
@@ -178,12 +146,7 @@ class JobRunner:
             self.job.total_rows = total
             self._report()
 
-    @staticmethod
-    async def _drain(task: asyncio.Future[Any]) -> None:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-
-    async def _watch(self, dispatcher: asyncio.Future[Any]) -> str:
+    async def _watch(self, dispatcher: asyncio.Future[Any]) -> StopReason:
         """Flush chunks as they fill, heartbeat, and notice cancel, time limit and interrupt."""
         st = self.settings
         started = self.job.start_time or utcnow()
@@ -198,13 +161,13 @@ class JobRunner:
             self.progressed.clear()
             if dispatcher.done():
                 dispatcher.result()  # re-raise a dispatcher error
-                return "done"
+                return StopReason.DONE
             if self.interrupt.is_set():
-                return "interrupt"
+                return StopReason.INTERRUPT
             if (utcnow() - started).total_seconds() >= st.time_limit_seconds:
-                return "timeout"
+                return StopReason.TIME_LIMIT
             due = time.monotonic() - self.last_flush >= st.chunk_seconds
-            if len(self.buffer) >= st.chunk_rows or (due and self.buffer):
+            if len(self.buffer) >= st.chunk_rows or (due and len(self.buffer)):
                 if not await self._flush(contiguous_only=True):
                     return await self._why_lost()
             elif due or time.monotonic() - self.last_check >= st.poll_seconds:
@@ -216,17 +179,17 @@ class JobRunner:
                 if not await asyncio.to_thread(self.store.save_progress, self.job):
                     return await self._why_lost()
 
-    async def _why_lost(self) -> str:
+    async def _why_lost(self) -> StopReason:
         stored = await asyncio.to_thread(self.store.get, self.job.id)
         if stored.state == S.JOB_STATE_CANCELLING and stored.owner == self.owner:
             self.job.state = stored.state
-            return "cancel"
+            return StopReason.CANCEL
         log.warning("job %s was taken over by %s; this runner stops", stored.id, stored.owner)
-        return "lost"
+        return StopReason.LOST
 
     # -- rows in --------------------------------------------------------------------------
     async def _dispatch(self) -> None:
-        st, backend = self.settings, self.backend
+        st, backend, buffer = self.settings, self.backend, self.buffer
         rows = iter_rows(
             self.job.checkpoint.inputs, self.job.checkpoint.committed_rows, st.max_line_bytes
         )
@@ -234,14 +197,14 @@ class JobRunner:
         read_batch = max(st.read_batch_rows, batch_size)
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
         tasks: set[asyncio.Task[None]] = set()
-        next_read = self.next_index
+        next_read = buffer.next_index
 
         def read() -> list[Row]:
             return [row for _, row in zip(range(read_batch), rows, strict=False)]
 
         try:
             while True:
-                while next_read - self.next_index > st.window_rows:
+                while next_read - buffer.next_index > st.window_rows:
                     self.progressed.clear()
                     await self.progressed.wait()
                 batch = await asyncio.to_thread(read)
@@ -260,7 +223,7 @@ class JobRunner:
                     task = asyncio.ensure_future(self._generate(good[i : i + batch_size], slots))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                self._after_deliver()
+                self._delivered()
             if tasks:
                 await asyncio.gather(*tasks)
             self.read_all = True
@@ -278,7 +241,7 @@ class JobRunner:
             when = output.processed_time()  # one clock read per batch: they ended together
             for row, result in zip(batch, results, strict=True):
                 self._deliver(row, result, when)
-            self._after_deliver()
+            self._delivered()
         finally:
             slots.release()
 
@@ -287,73 +250,38 @@ class JobRunner:
         live = self.live
         if isinstance(result, BatchPredictError):
             line = output.error_line(row.extras, row.request, result, when)
-            ok, prompt, cand = False, 0, 0
+            self.buffer.add(row.index, (line, False, 0, 0))
             live.failed += 1
-        else:
-            usage = result.get("usageMetadata") or {}
-            prompt = int(usage.get("promptTokenCount") or 0)
-            cand = int(usage.get("candidatesTokenCount") or 0)
-            line = output.success_line(row.extras, row.request, result, when)
-            ok = True
-            live.succeeded += 1
-            live.prompt_tokens += prompt
-            live.candidates_tokens += cand
-        if row.index == self.next_index:  # in order: straight into the chunk buffer
-            self._buffer_line(line, ok, prompt, cand)
-        else:
-            self.pending[row.index] = (line, ok, prompt, cand)
+            return
+        usage = result.get("usageMetadata") or {}
+        prompt = int(usage.get("promptTokenCount") or 0)
+        cand = int(usage.get("candidatesTokenCount") or 0)
+        line = output.success_line(row.extras, row.request, result, when)
+        self.buffer.add(row.index, (line, True, prompt, cand))
+        live.succeeded += 1
+        live.prompt_tokens += prompt
+        live.candidates_tokens += cand
 
-    def _buffer_line(self, line: bytes, ok: bool, prompt: int, cand: int) -> None:
-        self.buffer.append(line)
-        counts = self.buffer_counts
-        if ok:
-            counts.succeeded += 1
-            counts.prompt_tokens += prompt
-            counts.candidates_tokens += cand
-        else:
-            counts.failed += 1
-        self.next_index += 1
-
-    def _after_deliver(self) -> None:
-        """Move the rows that now follow without a gap into the chunk buffer."""
-        pending = self.pending
-        while self.next_index in pending:
-            self._buffer_line(*pending.pop(self.next_index))
+    def _delivered(self) -> None:
+        self.buffer.advance()
         self.progressed.set()
         self._report()
 
     def _report(self) -> None:
         if self.on_progress is not None:
-            # A job that fails before streaming (missing input, unwritable output) has no `live`.
-            live = getattr(self, "live", None) or self.job.counts
+            live = self.live if self.live.done else self.job.counts
             self.on_progress(
                 Progress(live.done, self.job.total_rows, live.succeeded, live.failed,
                          live.total_tokens)
             )
 
     async def _flush(self, contiguous_only: bool) -> bool:
-        """Write buffered rows as a chunk and checkpoint them. With `contiguous_only` False,
-        also the rows answered past a gap (a job ending early keeps every completed row).
-        False when the job is no longer ours to save."""
+        """Write buffered rows as chunks and checkpoint them. With `contiguous_only` False, also
+        the rows answered past a gap (a job ending early keeps every completed row). False when
+        the job is no longer ours to save."""
         self.last_flush = time.monotonic()
         job = self.job
-        runs: list[tuple[int, list[bytes], RowCounts]] = []
-        if self.buffer:
-            runs.append((self.buffer_first, self.buffer, self.buffer_counts))
-        if not contiguous_only:
-            for index in sorted(self.pending):
-                line, ok, prompt, cand = self.pending.pop(index)
-                if not runs or runs[-1][0] + len(runs[-1][1]) != index:
-                    runs.append((index, [], RowCounts()))
-                runs[-1][1].append(line)
-                c = runs[-1][2]
-                c.succeeded += ok
-                c.failed += not ok
-                c.prompt_tokens += prompt
-                c.candidates_tokens += cand
-        self.buffer, self.buffer_counts = [], RowCounts()
-        self.buffer_first = self.next_index
-        for first, lines, counts in runs:
+        for first, lines, counts in self.buffer.take(contiguous_only):
             await self._write_chunk(first, first + len(lines) - 1, b"".join(lines))
             job.counts.add(counts)
             if first == job.checkpoint.committed_rows:
@@ -361,6 +289,7 @@ class JobRunner:
         return await asyncio.to_thread(self.store.save_progress, job)
 
     async def _write_chunk(self, first: int, last: int, data: bytes) -> None:
+        assert self.out is not None
         delay = 0.5
         for attempt in range(5):
             try:
@@ -376,58 +305,78 @@ class JobRunner:
                 delay *= 2
 
     # -- endings --------------------------------------------------------------------------
-    async def _finish(self, reason: str) -> Job:
-        """Assemble predictions.jsonl and set the final state."""
+    async def _conclude(self, reason: StopReason) -> Job:
+        """Act on why the rows stopped: end the job, or hand it back."""
+        if reason == StopReason.LOST:
+            return self.job
+        if reason == StopReason.INTERRUPT:
+            await self._flush(contiguous_only=True)
+            await asyncio.to_thread(self.store.release, self.job)
+            return self.job
+        if hasattr(self, "buffer"):
+            if not self.read_all:  # ended early: the exact count, for incompleteCount
+                self.job.total_rows = await asyncio.to_thread(
+                    count_rows, self.job.checkpoint.inputs, self.settings.max_line_bytes
+                )
+            await self._flush(contiguous_only=reason == StopReason.DONE)
+        await self._assemble()
+        state, error = self._verdict(reason)
+        if state == S.JOB_STATE_CANCELLED and self.job.state == S.JOB_STATE_RUNNING:
+            await asyncio.to_thread(self.store.transition, self.job.id, S.JOB_STATE_CANCELLING)
+        return await self._end(state, error)
+
+    async def _assemble(self) -> None:
         job = self.job
-        if not hasattr(self, "out") and job.output_dir:
+        if self.out is None and job.output_dir:
             self.out = output.ChunkedOutput(job.output_dir)
         job.checkpoint.phase = "assembling"
         await asyncio.to_thread(self.store.save_progress, job)
-        if hasattr(self, "out"):
+        if self.out is not None:
             await asyncio.to_thread(self.out.assemble)
         if job.total_rows is None and job.checkpoint.inputs:
             job.total_rows = await asyncio.to_thread(
                 count_rows, job.checkpoint.inputs, self.settings.max_line_bytes
             )
-        total = job.total_rows or 0
-        incomplete = max(0, total - job.counts.done)
-        error: BatchPredictError | None = None
-        state = S.JOB_STATE_SUCCEEDED
-        if reason == "cancel":
-            state, error = S.JOB_STATE_CANCELLED, Cancelled("The job was cancelled.")
-            if job.state == S.JOB_STATE_RUNNING:
-                await asyncio.to_thread(self.store.transition, job.id, S.JOB_STATE_CANCELLING)
-        elif reason == "timeout":
+
+    def _verdict(self, reason: StopReason) -> tuple[JobState, BatchPredictError | None]:
+        """The final state and error of a job whose rows stopped for `reason`."""
+        job = self.job
+        if reason == StopReason.CANCEL:
+            return S.JOB_STATE_CANCELLED, Cancelled("The job was cancelled.")
+        if reason == StopReason.TIME_LIMIT:
             hours = self.settings.time_limit_seconds / 3600
-            state, error = S.JOB_STATE_FAILED, DeadlineExceeded(
+            return S.JOB_STATE_FAILED, DeadlineExceeded(
                 f"The job did not finish within its time limit of {hours:g} hours after it "
                 f"started running; {job.counts.done} completed rows were exported and "
-                f"{incomplete} rows were not processed."
+                f"{self._incomplete()} rows were not processed."
             )
-        elif total == 0:
-            state, error = S.JOB_STATE_FAILED, InvalidArgument(
+        if not job.total_rows:
+            return S.JOB_STATE_FAILED, InvalidArgument(
                 f"The input has no rows: {', '.join(job.checkpoint.inputs)}. Each line must be a "
                 'JSON object such as {"request": {"contents": [...]}}.'
             )
-        elif job.counts.succeeded == 0:
-            state, error = S.JOB_STATE_FAILED, InvalidArgument(
+        if job.counts.succeeded == 0:
+            return S.JOB_STATE_FAILED, InvalidArgument(
                 f"All {job.counts.failed} rows failed; see the status field of each line in "
                 f"{job.output_dir}/predictions.jsonl."
             )
-        return await self._end(state, error, incomplete)
+        return S.JOB_STATE_SUCCEEDED, None
 
-    async def _fail(self, exc: BatchPredictError, flush: bool = False) -> Job:
-        if flush:
+    def _incomplete(self) -> int:
+        return max(0, (self.job.total_rows or 0) - self.job.counts.done)
+
+    async def _fail(self, exc: BatchPredictError, keep_rows: bool = False) -> Job:
+        if keep_rows:
             with contextlib.suppress(BatchPredictError):
                 await self._flush(contiguous_only=False)
-            if hasattr(self, "out"):
+            if self.out is not None:
                 with contextlib.suppress(BatchPredictError):
                     await asyncio.to_thread(self.out.assemble)
-        incomplete = max(0, (self.job.total_rows or 0) - self.job.counts.done)
-        return await self._end(S.JOB_STATE_FAILED, exc, incomplete)
+        return await self._end(S.JOB_STATE_FAILED, exc)
 
-    async def _end(self, state: JobState, error: BatchPredictError | None, incomplete: int) -> Job:
+    async def _end(self, state: JobState, error: BatchPredictError | None) -> Job:
         job = self.job
+        incomplete = self._incomplete()
 
         def finish(j: Job) -> None:
             j.counts, j.checkpoint, j.total_rows = job.counts, job.checkpoint, job.total_rows

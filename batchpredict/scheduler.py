@@ -1,6 +1,7 @@
-"""The scheduler: which jobs run in this server process, and when.
+"""The scheduler: which jobs run in this process, and when. The only place that builds a runner.
 
-    create ──> JOB_STATE_PENDING ──(a slot is free: claim, load the backend)──> JobRunner.run
+    submit ──> JOB_STATE_PENDING ──(a slot is free: claim, load the backend)──> JobRunner.run
+    run_here(job): claim, load the backend, run now (`batchpredict run`; no slot, no loop)
     cancel:    PENDING ──> CANCELLED at once;  RUNNING ──> CANCELLING, the runner ends it CANCELLED
 
 At most `max_running_jobs` runners at once; pending jobs start oldest first. Each pass of the loop
@@ -9,8 +10,8 @@ runner has died (a crash, a killed server, another replica gone silent for `stal
 RUNNING ones resume from their committed chunks, CANCELLING ones finish cancelling. The job store's
 `claim` makes sure one runner holds a job, even with several processes on one store.
 
-Jobs created by `batchpredict run` (they carry a fingerprint) belong to that command, which runs and
-resumes them itself: the scheduler leaves them alone.
+Jobs that run in their command (`Job.runs_in` is COMMAND: `batchpredict run`) are run by that
+command through `run_here`, and resumed when it runs again: the loop leaves them alone.
 
 Shutdown sets the runners' shared `interrupt` event: each writes its completed rows, releases its
 job (still RUNNING) and returns; the next server start resumes them.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from batchpredict.backends.base import Backend
@@ -32,7 +34,7 @@ from batchpredict.errors import (
     Internal,
     NotFound,
 )
-from batchpredict.jobs import Job, JobState, owner_id, utcnow
+from batchpredict.jobs import Job, JobState, RunsIn, owner_id, utcnow
 from batchpredict.runner import JobRunner, Progress
 from batchpredict.store.base import JobStore, owner_is_gone
 
@@ -165,7 +167,7 @@ class Scheduler:
         stale = self.runner_settings.stale_after_seconds
         cancelling, running, pending = [], [], []
         for job in jobs:  # oldest first
-            if job.fingerprint is not None or job.state.is_terminal:
+            if job.runs_in != RunsIn.SCHEDULER or job.state.is_terminal:
                 continue
             age = now - job.heartbeat if job.heartbeat else None
             if job.owner not in (None, self.owner) and not owner_is_gone(job.owner, age, stale):
@@ -199,42 +201,78 @@ class Scheduler:
             self.wake()
 
     async def _claim_and_run(self, job: Job) -> None:
-        st = self.runner_settings
         claimed = await asyncio.to_thread(
-            self.store.claim, job.id, self.owner, st.stale_after_seconds
+            self.store.claim, job.id, self.owner, self.runner_settings.stale_after_seconds
         )
         if claimed is None:
-            return
-        if claimed.state == S.JOB_STATE_CANCELLING:
-            backend: Backend = _NoBackend()
-        else:
-            try:
-                backend = await self.registry.backend_for(claimed.model)
-            except BatchPredictError as exc:
-                await self._fail(job.id, exc)
-                return
-        if self._interrupt.is_set():  # shutting down while the model loaded
-            await asyncio.to_thread(self.store.release, claimed)
             return
 
         def on_progress(p: Progress) -> None:
             self.progress[job.id] = p
 
-        runner = JobRunner(
-            self.store, claimed, backend, st, on_progress=on_progress, interrupt=self._interrupt
-        )
-        final = await runner.run()
+        final = await self._run_claimed(claimed, on_progress, self._interrupt)
         log.info("job %s ended %s", job.id, final.state.value)
 
-    async def _fail(self, job_id: int, error: BatchPredictError) -> None:
+    async def run_here(
+        self,
+        job_id: int,
+        on_progress: Callable[[Progress], None] | None = None,
+        interrupt: asyncio.Event | None = None,
+        on_loading: Callable[[str | None], None] | None = None,
+    ) -> Job:
+        """Run one job in this process now, to its end or to `interrupt` (then it stays
+        RUNNING, released, for the next run to resume): what `batchpredict run` does."""
+        claimed = await asyncio.to_thread(
+            self.store.claim, job_id, self.owner, self.runner_settings.stale_after_seconds
+        )
+        if claimed is None:
+            holder = (await asyncio.to_thread(self.store.get, job_id)).owner
+            raise FailedPrecondition(
+                f"Job {job_id} is being run by another process ({holder}); wait for it to end, "
+                "or stop that process first."
+            )
+        return await self._run_claimed(claimed, on_progress, interrupt or self._interrupt,
+                                       on_loading)
+
+    async def _run_claimed(
+        self,
+        job: Job,
+        on_progress: Callable[[Progress], None] | None,
+        interrupt: asyncio.Event,
+        on_loading: Callable[[str | None], None] | None = None,
+    ) -> Job:
+        """Load the job's backend and run it; a backend that cannot load fails the job."""
+        if job.state == S.JOB_STATE_CANCELLING:
+            backend: Backend = _NoBackend()
+        else:
+            if on_loading is not None:
+                on_loading(job.model)
+            try:
+                backend = await self.registry.backend_for(job.model)
+            except BatchPredictError as exc:
+                return await self._fail(job.id, exc) or job
+            finally:
+                if on_loading is not None:
+                    on_loading(None)
+        if interrupt.is_set():  # interrupted while the model loaded
+            await asyncio.to_thread(self.store.release, job)
+            return job
+        runner = JobRunner(self.store, job, backend, self.runner_settings,
+                           on_progress=on_progress, interrupt=interrupt)
+        return await runner.run()
+
+    async def _fail(self, job_id: int, error: BatchPredictError) -> Job | None:
         def mutate(j: Job) -> None:
             j.error = error.to_job_error()
 
         try:
-            await asyncio.to_thread(self.store.transition, job_id, S.JOB_STATE_FAILED, mutate)
+            return await asyncio.to_thread(
+                self.store.transition, job_id, S.JOB_STATE_FAILED, mutate
+            )
         except (FailedPrecondition, NotFound) as exc:
             log.warning("job %s could not be marked FAILED (%s): %s", job_id, exc.message,
                         error.message)
+            return None
 
 
 def _cancelled(job: Job) -> None:

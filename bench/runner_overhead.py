@@ -24,6 +24,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -72,15 +73,24 @@ def bare_loop(src: Path, dst: Path) -> None:
 
 
 def runner(src: Path, out: Path, data: Path) -> dict[str, int]:
-    from batchpredict.jobs import Job
-    from batchpredict.runner import JobRunner, RunnerSettings
-    from batchpredict.store.sqlite import SQLiteJobStore
+    from batchpredict.backends.registry import ModelRegistry
+    from batchpredict.config import Settings
+    from batchpredict.jobs import RunsIn
+    from batchpredict.service import JobRequest, JobService, Scope
     from batchpredict.testing import InstantTestDouble
 
-    store = SQLiteJobStore(data / "jobs.sqlite3")
-    job = store.create(Job("bench", "test-double", [str(src)], str(out)))
-    settings = RunnerSettings(chunk_rows=10_000, chunk_seconds=10.0)
-    done = asyncio.run(JobRunner(store, job, InstantTestDouble(), settings).run())
+    settings = Settings(data_dir=str(data), chunk_rows=10_000, chunk_seconds=10.0)
+    service = JobService.open(settings, registry=ModelRegistry.serving(InstantTestDouble()))
+
+    async def run() -> Any:
+        job = await service.submit(Scope.local(), JobRequest(
+            "bench", "test-double", [str(src)], str(out), runs_in=RunsIn.COMMAND))
+        try:
+            return await service.scheduler.run_here(job.id)
+        finally:
+            await service.close()
+
+    done = asyncio.run(run())
     assert done.state.value == "JOB_STATE_SUCCEEDED", done.error
     return {"succeeded": done.counts.succeeded, "failed": done.counts.failed}
 

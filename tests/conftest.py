@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import orjson
@@ -110,3 +111,34 @@ def postgres_url():
         subprocess.run([*as_postgres, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: Small chunks and quick polls, so each runner test takes well under a second.
+FAST = {"chunk_rows": 7, "chunk_seconds": 0.05, "poll_seconds": 0.02}
+
+
+def job_service(store: Any, backend: Any, tmp_path: Path, **settings: Any) -> Any:
+    """The one job service over `store`, every model answered by `backend` (an instance)."""
+    from batchpredict.backends.registry import ModelRegistry
+    from batchpredict.config import Settings
+    from batchpredict.scheduler import Scheduler
+    from batchpredict.service import JobService
+
+    st = Settings(data_dir=str(tmp_path / "data"), **{**FAST, **settings})
+    registry = ModelRegistry.serving(backend)
+    return JobService(store, registry, Scheduler(store, registry, st), st)
+
+
+async def submit_job(service: Any, inputs: list[str], output: str) -> Any:
+    """Submit a job the way `batchpredict run` does (it runs in this process)."""
+    from batchpredict.jobs import RunsIn
+    from batchpredict.service import JobRequest, Scope
+
+    request = JobRequest("t", "test-double", inputs, output, runs_in=RunsIn.COMMAND)
+    return await service.submit(Scope.local(), request)
+
+
+async def submit_and_run(service: Any, inputs: list[str], output: str) -> Any:
+    """Submit a job and run it here through the scheduler, as `batchpredict run` does."""
+    job = await submit_job(service, inputs, output)
+    return await service.scheduler.run_here(job.id)

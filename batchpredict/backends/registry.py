@@ -61,6 +61,8 @@ from batchpredict.errors import InvalidArgument
 __all__ = ["BACKEND_KINDS", "BackendKind", "ModelEntry", "ModelRegistry"]
 
 EMBEDDED = "smollm2-135m"
+#: The `backend` of an entry made by `ModelRegistry.serving` (not a kind a file may name).
+INSTANCE = "instance"
 _ENTRY_KEYS = {"name", "backend", "description", "dedupe", "options"}
 
 
@@ -232,9 +234,25 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
 
     @classmethod
+    def serving(cls, backend: Backend, name: str = "*") -> ModelRegistry:
+        """Every model matching `name` answered by `backend`, an instance already built: for a
+        program that embeds batchpredict with a backend of its own (and for tests)."""
+        entry = ModelEntry(name, INSTANCE, {}, f"a {type(backend).__name__} instance",
+                           dedupe=getattr(backend, "dedupe", True))
+        entry.settings = {"instance": backend}
+        return cls([entry], source="a backend instance")
+
+    @classmethod
     def default(cls) -> ModelRegistry:
         return cls([ModelEntry(e.name, e.backend, dict(e.options), e.description, e.dedupe)
                     for e in DEFAULT_ENTRIES])
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ModelRegistry:
+        """The registry an app or command is built with: `models_file`, else the built-in one."""
+        if settings.models_file:
+            return cls.load(settings.models_file)
+        return cls.default()
 
     @classmethod
     def load(cls, path: str) -> ModelRegistry:
@@ -274,6 +292,8 @@ class ModelRegistry:
         )
 
     def create_backend(self, entry: ModelEntry, model: str | None = None) -> Backend:
+        if entry.backend == INSTANCE:
+            return entry.settings["instance"]  # type: ignore[no-any-return]
         backend = BACKEND_KINDS[entry.backend].create(entry, model or entry.name)
         backend.dedupe = entry.dedupe  # type: ignore[attr-defined]  # read by dedupe.for_job
         return backend
@@ -282,9 +302,8 @@ class ModelRegistry:
         """The started backend for `model`, shared by every job that names the same entry
         (and, for remote backends, the same served model)."""
         entry = self.resolve(model)
-        kind = BACKEND_KINDS[entry.backend]
         served = ""
-        if kind.per_model:
+        if entry.backend != INSTANCE and BACKEND_KINDS[entry.backend].per_model:
             served = getattr(entry.settings, "served_model", "") or short_name(model)
         key = (id(entry), served)
         async with self._lock:

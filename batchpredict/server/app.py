@@ -26,34 +26,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchpredict.config import Settings
 from batchpredict.errors import BatchPredictError, Internal, InvalidArgument, error_for_http_status
-from batchpredict.scheduler import Scheduler
 from batchpredict.server import console
 from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
-from batchpredict.server.job_spec import describe_validation_errors
 from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
-from batchpredict.server.routes import (
+from batchpredict.server.vertex.job_spec import describe_validation_errors
+from batchpredict.server.vertex.routes import (
     JSONResponse,
     caller,
     express_scope,
     job_routes,
     vertex_scope,
 )
-from batchpredict.server.service import JobService
-from batchpredict.store import open_store
+from batchpredict.service import JobService
 from batchpredict.store.base import JobStore
 
 __all__ = ["check_bind_address", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 VERSIONS = ("v1", "v1beta1")
-
-
-def _registry(settings: Settings) -> Any:
-    from batchpredict.backends.registry import ModelRegistry
-
-    if settings.models_file:
-        return ModelRegistry.load(settings.models_file)
-    return ModelRegistry.default()
 
 
 def create_app(
@@ -64,9 +54,8 @@ def create_app(
     settings = settings or Settings.from_env()
     access = AccessPolicy.from_settings(settings)
     own_store = store is None
-    store = store if store is not None else open_store(settings)
-    registry = registry if registry is not None else _registry(settings)
-    scheduler = Scheduler(store, registry, settings)
+    service = JobService.open(settings, store, registry)
+    store, registry, scheduler = service.store, service.registry, service.scheduler
     metrics = Metrics(store, scheduler)
 
     @contextlib.asynccontextmanager
@@ -75,10 +64,7 @@ def create_app(
         try:
             yield
         finally:
-            await scheduler.stop()
-            await registry.close()
-            if own_store and hasattr(store, "close"):
-                store.close()
+            await service.close(store=own_store)
 
     # FastAPIOffline serves /docs with Swagger UI bundled in the package, not from a CDN:
     # the docs work on a machine without internet.
@@ -94,7 +80,7 @@ def create_app(
     app.state.store = store
     app.state.registry = registry
     app.state.scheduler = scheduler
-    app.state.service = JobService(store, registry, scheduler)
+    app.state.service = service
     app.state.access = access
     app.state.metrics = metrics
 

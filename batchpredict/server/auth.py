@@ -28,11 +28,11 @@ import hmac
 import ipaddress
 import json
 import tomllib
-from dataclasses import dataclass
 from typing import Any
 
 from batchpredict.config import Settings
 from batchpredict.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from batchpredict.service import Caller
 
 __all__ = ["AccessPolicy", "Caller", "is_loopback"]
 
@@ -40,17 +40,6 @@ HOW_TO_CONFIGURE = (
     "Configure access tokens: BATCHPREDICT_TOKENS='TOKEN=PROJECT[,PROJECT...]' (\"*\" for every "
     "project), or BATCHPREDICT_TOKENS_FILE=tokens.toml holding [tokens] TOKEN = [\"PROJECT\"]."
 )
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request: the projects it may use (None: every project)."""
-
-    projects: frozenset[str] | None
-    default_project: str
-
-    def may_use(self, project: str) -> bool:
-        return self.projects is None or project in self.projects
 
 
 def is_loopback(host: str | None) -> bool:

@@ -39,3 +39,38 @@ def test_public_api_is_what_all_lists() -> None:
     exported = {n for n in dir(batchpredict)
                 if not n.startswith("_") and not inspect.ismodule(getattr(batchpredict, n))}
     assert set(batchpredict.__all__) == exported
+
+
+def reference_block() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("<!-- reference")[1].split("<!-- /reference -->")[0]
+
+
+def test_every_cli_command_is_documented() -> None:
+    import click
+
+    from batchpredict.cli import main
+
+    def commands(group: click.Group, prefix: str) -> list[str]:
+        found = []
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                found += commands(cmd, f"{prefix} {name}")
+            else:
+                found.append(f"{prefix} {name}")
+        return found
+
+    documented = set(re.findall(r"^\| `(batchpredict [a-z ]+)` \|", reference_block(), re.M))
+    assert sorted(commands(main, "batchpredict")) == sorted(documented)
+
+
+def test_every_rest_route_is_documented(tmp_path) -> None:
+    from batchpredict.server.app import create_app
+
+    spec = create_app(Settings(data_dir=str(tmp_path))).openapi()
+    routes = set()
+    for path, ops in spec["paths"].items():
+        path = re.sub(r"^/v1(beta1)?/", "/{version}/", path)
+        routes.add((", ".join(sorted(m.upper() for m in ops)), path))
+    documented = set(re.findall(r"^\| `([A-Z, ]+)` \| `([^`]+)`", reference_block(), re.M))
+    assert sorted(routes) == sorted(documented)

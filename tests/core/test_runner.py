@@ -14,14 +14,20 @@ import pytest
 from batchpredict.errors import BatchPredictError, FailedPrecondition, Unavailable
 from batchpredict.jobs import Job, JobState
 from batchpredict.output import ChunkedOutput, make_output_dir
-from batchpredict.runner import JobRunner, RunnerSettings
 from batchpredict.schema import GenerateContentRequest
+from batchpredict.server.vertex.resource import job_resource
 from batchpredict.store.sqlite import SQLiteJobStore
 from batchpredict.testing import RESPONSE, InstantTestDouble
-from tests.conftest import read_predictions, text_request, write_jsonl
+from tests.conftest import (
+    job_service,
+    read_predictions,
+    submit_and_run,
+    submit_job,
+    text_request,
+    write_jsonl,
+)
 
 S = JobState
-FAST = RunnerSettings(chunk_rows=7, chunk_seconds=0.05, poll_seconds=0.02)
 
 
 class ShuffledTestDouble(InstantTestDouble):
@@ -45,9 +51,12 @@ def store(tmp_path: Path) -> SQLiteJobStore:
     return SQLiteJobStore(tmp_path / "jobs.sqlite3")
 
 
-def new_job(store: SQLiteJobStore, tmp_path: Path, rows: list[Any], **kw: Any) -> Job:
+async def run_rows(store: SQLiteJobStore, tmp_path: Path, rows: list[Any], backend: Any,
+                   **settings: Any) -> Job:
+    """Submit a job of `rows` through the job service and run it here, as `batchpredict run`."""
     src = write_jsonl(tmp_path / "in.jsonl", rows)
-    return store.create(Job("t", "test-double", [str(src)], str(tmp_path / "out"), **kw))
+    service = job_service(store, backend, tmp_path, **settings)
+    return await submit_and_run(service, [str(src)], str(tmp_path / "out"))
 
 
 def keyed(n: int, text: str = "hi") -> list[dict]:
@@ -57,9 +66,8 @@ def keyed(n: int, text: str = "hi") -> list[dict]:
 async def test_out_of_order_answers_are_written_in_order_once(store, tmp_path) -> None:
     rows = keyed(200)
     rows[13]["request"] = text_request("fail")
-    job = new_job(store, tmp_path, rows)
     backend = ShuffledTestDouble(batch_size=3, max_concurrency=8)
-    done = await JobRunner(store, job, backend, FAST).run()
+    done = await run_rows(store, tmp_path, rows, backend)
     assert done.state == S.JOB_STATE_SUCCEEDED
     lines = read_predictions(tmp_path / "out")
     assert [line["key"] for line in lines] == list(range(200))
@@ -69,15 +77,17 @@ async def test_out_of_order_answers_are_written_in_order_once(store, tmp_path) -
     )
     assert (done.counts.succeeded, done.counts.failed, done.incomplete) == (199, 1, 0)
     assert done.counts.prompt_tokens == 199 * 2  # failed rows are not billed
-    stored = store.get(job.id)
-    assert stored.to_api()["completionStats"] == {
+    stored = store.get(done.id)
+    assert job_resource(stored)["completionStats"] == {
         "successfulCount": "199", "failedCount": "1", "incompleteCount": "0"}
 
 
 async def test_cancel_keeps_every_completed_row(store, tmp_path) -> None:
-    job = new_job(store, tmp_path, keyed(400))
     backend = InstantTestDouble(batch_size=5, max_concurrency=2, delay_seconds=0.02)
-    task = asyncio.ensure_future(JobRunner(store, job, backend, FAST).run())
+    service = job_service(store, backend, tmp_path)
+    src = write_jsonl(tmp_path / "in.jsonl", keyed(400))
+    job = await submit_job(service, [str(src)], str(tmp_path / "out"))
+    task = asyncio.ensure_future(service.scheduler.run_here(job.id))
     while store.get(job.id).counts.done < 20:
         await asyncio.sleep(0.01)
     store.transition(job.id, S.JOB_STATE_CANCELLING)
@@ -89,16 +99,14 @@ async def test_cancel_keeps_every_completed_row(store, tmp_path) -> None:
     assert len(keys) == len(set(keys)) == done.counts.done
     assert 20 <= done.counts.done < 400
     assert done.incomplete == 400 - done.counts.done
-    api = done.to_api()
+    api = job_resource(done)
     assert api["completionStats"]["incompleteCount"] == str(400 - len(keys))
 
 
 async def test_time_limit_fails_the_job_with_rows_kept(store, tmp_path) -> None:
-    job = new_job(store, tmp_path, keyed(300))
     backend = InstantTestDouble(batch_size=2, max_concurrency=1, delay_seconds=0.02)
-    settings = RunnerSettings(chunk_rows=5, chunk_seconds=0.05, poll_seconds=0.02,
-                              time_limit_seconds=0.3)
-    done = await JobRunner(store, job, backend, settings).run()
+    done = await run_rows(store, tmp_path, keyed(300), backend, chunk_rows=5,
+                          time_limit_seconds=0.3)
     assert done.state == S.JOB_STATE_FAILED
     assert done.error is not None and done.error["code"] == 4
     assert "did not finish within its time limit" in done.error["message"]
@@ -116,25 +124,26 @@ async def test_time_limit_fails_the_job_with_rows_kept(store, tmp_path) -> None:
          "BigQuery sources (bq://project.dataset.table) are not supported"),
     ],
 )
-async def test_unusable_input_fails_the_job_clearly(store, tmp_path, uri, message) -> None:
+async def test_unusable_input_is_refused_at_submit_and_makes_no_job(
+    store, tmp_path, uri, message
+) -> None:
     uri = uri.format(tmp=tmp_path)
-    job = store.create(Job("t", "m", [uri], str(tmp_path / "out")))
-    done = await JobRunner(store, job, InstantTestDouble(), FAST).run()
-    assert done.state == S.JOB_STATE_FAILED
-    assert done.error is not None
-    assert done.error["message"].startswith(message.format(tmp=tmp_path))
+    service = job_service(store, InstantTestDouble(), tmp_path)
+    with pytest.raises(BatchPredictError) as err:
+        await submit_job(service, [uri], str(tmp_path / "out"))
+    assert err.value.message.startswith(message.format(tmp=tmp_path))
+    assert store.list() == []
 
 
 async def test_input_without_rows_fails(store, tmp_path) -> None:
-    job = new_job(store, tmp_path, ["", "  "])
-    done = await JobRunner(store, job, InstantTestDouble(), FAST).run()
+    done = await run_rows(store, tmp_path, ["", "  "], InstantTestDouble())
     assert done.state == S.JOB_STATE_FAILED
     assert done.error["message"].startswith("The input has no rows:")
 
 
 async def test_every_row_failing_fails_the_job_with_the_output_kept(store, tmp_path) -> None:
-    job = new_job(store, tmp_path, [{"request": {"contents": []}}] * 3)
-    done = await JobRunner(store, job, InstantTestDouble(), FAST).run()
+    done = await run_rows(store, tmp_path, [{"request": {"contents": []}}] * 3,
+                          InstantTestDouble())
     assert done.state == S.JOB_STATE_FAILED
     assert done.error["message"].startswith("All 3 rows failed; see the status field")
     assert len(read_predictions(tmp_path / "out")) == 3
@@ -149,8 +158,7 @@ async def test_a_backend_that_raises_fails_its_rows_not_the_job(store, tmp_path)
 
     rows = keyed(6)
     rows[4]["request"] = text_request("boom")
-    job = new_job(store, tmp_path, rows)
-    done = await JobRunner(store, job, Broken(batch_size=1), FAST).run()
+    done = await run_rows(store, tmp_path, rows, Broken(batch_size=1))
     assert done.state == S.JOB_STATE_SUCCEEDED
     status = read_predictions(tmp_path / "out")[4]["status"]
     assert status.startswith('Internal Server Error: {"error": {"code": 500, "message": '
@@ -161,7 +169,10 @@ async def test_chunks_written_before_a_crash_count_even_without_a_checkpoint(
     store, tmp_path
 ) -> None:
     """A crash between writing a chunk and saving the checkpoint: the chunk is the truth."""
-    job = new_job(store, tmp_path, keyed(10))
+    backend = InstantTestDouble()
+    service = job_service(store, backend, tmp_path)
+    src = write_jsonl(tmp_path / "in.jsonl", keyed(10))
+    job = await submit_job(service, [str(src)], str(tmp_path / "out"))
     job.output_dir = make_output_dir(str(tmp_path / "out"))
     store.save_progress(job)
     earlier = b"".join(
@@ -169,8 +180,7 @@ async def test_chunks_written_before_a_crash_count_even_without_a_checkpoint(
                       "response": RESPONSE}) + b"\n" for i in range(4)
     )
     ChunkedOutput(job.output_dir).write_chunk(0, 3, earlier)
-    backend = InstantTestDouble()
-    done = await JobRunner(store, store.get(job.id), backend, FAST).run()
+    done = await service.scheduler.run_here(job.id)
     assert backend.requests == 6  # rows 0-3 were not generated again
     assert done.counts.succeeded == 10
     lines = read_predictions(tmp_path / "out")

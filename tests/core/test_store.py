@@ -10,10 +10,9 @@ import pytest
 
 from batchpredict.errors import FailedPrecondition, NotFound
 from batchpredict.jobs import Job, JobState
-from batchpredict.runner import JobRunner, RunnerSettings
 from batchpredict.store.base import JobStore
 from batchpredict.testing import InstantTestDouble
-from tests.conftest import read_predictions, text_request, write_jsonl
+from tests.conftest import job_service, read_predictions, submit_and_run, text_request, write_jsonl
 
 S = JobState
 
@@ -39,7 +38,7 @@ def test_jobs_round_trip_with_numeric_ids(open_store) -> None:
     assert b.id > a.id > 0
     got = store.get(a.id)
     assert (got.display_name, got.labels, got.state) == ("a", {"team": "ml"}, S.JOB_STATE_PENDING)
-    assert got.to_api() == a.to_api()
+    assert got.to_record() == a.to_record()
     assert [j.id for j in store.list()] == [b.id, a.id]
     assert [j.id for j in store.list("p1")] == [a.id]
     with pytest.raises(NotFound, match=f"BatchPredictionJob {b.id + 1} was not found."):
@@ -92,11 +91,10 @@ def test_a_whole_job_runs_on_the_store(open_store, tmp_path: Path) -> None:
     store: JobStore = open_store()
     src = write_jsonl(tmp_path / "in.jsonl",
                       [{"key": i, "request": text_request("hi")} for i in range(50)])
-    job = store.create(Job("a", "m", [str(src)], str(tmp_path / "out")))
-    settings = RunnerSettings(chunk_rows=8, chunk_seconds=0.05, poll_seconds=0.02)
-    done = asyncio.run(JobRunner(store, job, InstantTestDouble(batch_size=4), settings).run())
+    service = job_service(store, InstantTestDouble(batch_size=4), tmp_path, chunk_rows=8)
+    done = asyncio.run(submit_and_run(service, [str(src)], str(tmp_path / "out")))
     assert done.state == S.JOB_STATE_SUCCEEDED
-    assert open_store().get(job.id).counts.succeeded == 50
+    assert open_store().get(done.id).counts.succeeded == 50
     assert [line["key"] for line in read_predictions(tmp_path / "out")] == list(range(50))
 
 

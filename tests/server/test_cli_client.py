@@ -83,5 +83,9 @@ def test_client_errors_are_one_line(cli, make_input, tmp_path: Path,
     assert "Cannot reach the server at http://127.0.0.1:9" in result.stderr
 
     monkeypatch.delenv("BATCHPREDICT_SERVER")
-    result = cli("jobs", "cancel", "1")
+    result = cli("jobs", "wait", "1")
     assert result.exit_code == 2 and "needs a server: pass --server URL" in result.stderr
+    monkeypatch.setenv("BATCHPREDICT_DATA_DIR", str(tmp_path / "local"))
+    result = cli("jobs", "cancel", "1")  # without --server: the local job store
+    assert result.exit_code == 2
+    assert result.stderr == "Error: BatchPredictionJob 1 was not found.\n"

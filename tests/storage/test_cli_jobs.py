@@ -104,17 +104,20 @@ def test_missing_input_is_a_clear_error(store: Bucket, tmp_path: Path, env: dict
     assert store.keys("out/") == []
 
 
-def test_unwritable_output_prefix_fails_the_job(store: Bucket, tmp_path: Path, env: dict) -> None:
+def test_unwritable_output_prefix_is_refused_before_any_job(
+    store: Bucket, tmp_path: Path, env: dict
+) -> None:
+    """The same check as a server's create: a clear error, exit 2, and no job made."""
     src = store.write("in/x.jsonl", jsonl(rows("r", 2)))
     prefix = f"{store.scheme}://no-such-bucket-{store.name[-6:]}/out"
     done = run(store, tmp_path / "data", env, "run", src, "--output", prefix, "--model", "fast",
                "-q")
-    assert done.returncode == 1
-    assert "Traceback" not in done.stdout + done.stderr
-    [job] = jobs_list(store, tmp_path / "data", env)
-    assert job["state"] == "JOB_STATE_FAILED"
-    assert prefix in job["error"]["message"]
-    assert "does not exist" in job["error"]["message"]
+    text = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2
+    assert "Traceback" not in text
+    assert f"The output bucket {store.scheme}://no-such-bucket-{store.name[-6:]} does not exist" \
+        in text
+    assert jobs_list(store, tmp_path / "data", env) == []
 
 
 def chunk_keys(bucket: Bucket) -> list[str]:

@@ -130,7 +130,7 @@ def test_filesystems_are_cached_per_configuration(monkeypatch: pytest.MonkeyPatc
     ],
 )
 def test_client_errors_become_ours(exc: Exception, kind: type, words: str) -> None:
-    err = storage._translate("gs://b/k", exc)
+    err = storage.translate_error("gs://b/k", exc)
     assert isinstance(err, kind) and isinstance(err, BatchPredictError)
     assert "gs://b/k" in err.message and words in err.message
     assert "\n" not in err.message

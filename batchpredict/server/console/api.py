@@ -15,19 +15,18 @@ where {job} is projects/{p}/locations/{l}/batchPredictionJobs/{id}, the job's `n
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from batchpredict import storage
-from batchpredict.errors import InvalidArgument, NotFound
+from batchpredict.errors import NotFound
 from batchpredict.jobs import Job
-from batchpredict.server.console import inputs, outputs
-from batchpredict.server.routes import JSONResponse, express_scope, vertex_scope
-from batchpredict.server.service import DEFAULT_LOCATION, JobService, Scope, parse_job_id
+from batchpredict.output import OutputReader
+from batchpredict.server.vertex.routes import JSONResponse, express_scope, vertex_scope
+from batchpredict.service import JobService, Scope, parse_job_id
 
 __all__ = ["PREFIX", "router"]
 
@@ -50,13 +49,12 @@ class InputUris(BaseModel):
     uris: list[str] = Field(min_length=1, description="JSONL files or wildcards, as in gcsSource.")
 
 
-def _settings(request: Request) -> Any:
-    return request.app.state.settings
+def _service(request: Request) -> JobService:
+    return request.app.state.service  # type: ignore[no-any-return]
 
 
-async def _job(request: Request, scope: Scope, job_id: str) -> Job:
-    service: JobService = request.app.state.service
-    return await service.get(scope, parse_job_id(job_id))
+async def _output(request: Request, scope: Scope, job_id: str) -> tuple[Job, OutputReader]:
+    return await _service(request).output(scope, parse_job_id(job_id))
 
 
 @router.get(PREFIX + "/models", response_model=None)
@@ -70,24 +68,7 @@ async def list_models(request: Request, scope: AnyScope) -> Response:
 async def defaults(request: Request, scope: AnyScope) -> Response:
     """What a create form starts from: the caller's default project and location, where uploads
     are stored, and a suggested output prefix (`outputs` beside the uploads root)."""
-    root = _settings(request).uploads_uri.rstrip("/")
-    parent = root.rsplit("/", 1)[0] if "/" in root.split("://", 1)[-1] else root
-    return JSONResponse({
-        "project": scope.caller.default_project,
-        "location": DEFAULT_LOCATION,
-        "uploadsRoot": root,
-        "outputUriPrefix": storage.join(parent, "outputs"),
-    })
-
-
-async def _check_upload(request: Request, file: UploadFile) -> inputs.InputReport:
-    name = inputs.safe_file_name(file.filename)
-    limit = _settings(request).max_line_bytes
-    report = await asyncio.to_thread(
-        inputs.check_stream, file.file, name, inputs.InputReport(), limit
-    )
-    inputs.require_rows(report, name)
-    return report
+    return JSONResponse(_service(request).defaults(scope))
 
 
 _UPLOAD = File(description="A JSONL file: one {\"request\": GenerateContentRequest} per line.")
@@ -100,7 +81,7 @@ async def validate_upload(
     """Check every line of a JSONL file as the runner will, without storing it. Replies with
     `rowCount`, `validRowCount`, `invalidRowCount` and `problems`: the first 100 bad lines, each
     `{file, line (1-based), row (0-based), message}`. A file with bad lines is still a 200."""
-    report = await _check_upload(request, file)
+    report = await _service(request).validate_upload(scope, file.file, file.filename)
     return JSONResponse(report.to_api())
 
 
@@ -118,12 +99,8 @@ async def upload(
     the reply's `uri` in a job's `inputConfig.gcsSource.uris`. A file with bad lines is refused
     (400 naming the first) unless allowInvalidLines=true. The reply is the validation report
     plus `uri`."""
-    report = await _check_upload(request, file)
-    if report.invalid and not allow_invalid_lines:
-        raise InvalidArgument(report.summary())
-    root = _settings(request).uploads_uri
-    uri = await asyncio.to_thread(
-        inputs.store_upload, file.file, file.filename or "", root, scope.caller.default_project
+    uri, report = await _service(request).store_upload(
+        scope, file.file, file.filename, allow_invalid_lines
     )
     return JSONResponse({"uri": uri, **report.to_api()})
 
@@ -140,8 +117,7 @@ async def validate_inputs(
 ) -> Response:
     """Check the files that input URIs name (local paths, gs://, s3://, wildcards) line by line,
     as the runner will. 404 when a URI names nothing. Same reply as uploads:validate."""
-    limit = _settings(request).max_line_bytes
-    report = await asyncio.to_thread(inputs.check_uris, body.uris, limit, max_rows)
+    report = await _service(request).validate_inputs(scope, body.uris, max_rows)
     return JSONResponse(report.to_api())
 
 
@@ -149,13 +125,13 @@ async def validate_inputs(
 async def download_predictions(request: Request, job_id: str, scope: JobScope) -> Response:
     """The job's predictions.jsonl; while it runs, the rows completed so far (its incremental
     chunks in row order), with the header `X-Batchpredict-Partial: true`."""
-    job = await _job(request, scope, job_id)
+    job, reader = await _output(request, scope, job_id)
     if not job.output_dir:
         raise NotFound(f"Job {job.id} has no output yet: it has not started.")
     partial = not job.state.is_terminal
     name = f"job-{job.id}-{'partial-' if partial else ''}predictions.jsonl"
     return StreamingResponse(
-        outputs.iter_output_blocks(job),
+        reader.blocks(),
         media_type="application/jsonl",
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',
@@ -175,8 +151,6 @@ async def failed_rows(
     """The first `pageSize` failed lines of the job's output so far (predictions.jsonl, or the
     incremental chunks while it runs): each output line as written (`status`, `request`,
     `response`, your own fields) plus `outputLine`, its 1-based line number in the output."""
-    job = await _job(request, scope, job_id)
-    if not job.output_dir:
-        return JSONResponse({"failedRows": [], "linesRead": 0})
-    rows, read = await asyncio.to_thread(outputs.first_failed_rows, job, page_size)
+    _, reader = await _output(request, scope, job_id)
+    rows, read = await anyio.to_thread.run_sync(reader.first_failed, page_size)
     return JSONResponse({"failedRows": rows, "linesRead": read})

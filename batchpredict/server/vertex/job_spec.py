@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from batchpredict.errors import InvalidArgument
+from batchpredict.service import JobRequest
 
 __all__ = ["JobSpec", "describe_validation_errors"]
 
@@ -120,6 +121,16 @@ class JobSpec(_Message):
                 '{"gcsDestination": {"outputUriPrefix": "gs://bucket/output"}}.'
             )
         return self.output_config.gcs_destination.output_uri_prefix
+
+    def job_request(self) -> JobRequest:
+        """What the job service is asked for."""
+        return JobRequest(
+            display_name=self.display_name,
+            model=self.model,
+            input_uris=self.inputs(),
+            output_prefix=self.output_prefix(),
+            labels=dict(self.labels),
+        )
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> str:

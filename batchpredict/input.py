@@ -4,23 +4,39 @@ Rows are numbered across all input files in order (0-based), blank lines skipped
 cannot become a request (over the size limit, not UTF-8, not JSON, not an object, no `request`,
 an invalid request) is still a row: it carries the error that its output line will report, so
 one bad line never stops a job.
+
+The same reading checks input before a job is submitted (`check_stream`, `check_uris`: the
+console's create page, `uploads:validate`, `inputs:validate`), so a problem reported there is
+exactly the `status` the runner would write for that row. A report names each bad line by its
+1-based line number in its file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
 
 from batchpredict import storage
+from batchpredict.config import RunnerSettings
 from batchpredict.errors import BatchPredictError, InvalidArgument
 from batchpredict.schema import GenerateContentRequest, parse_request
 
-__all__ = ["Row", "count_rows", "estimate_rows", "file_rows", "iter_rows"]
+__all__ = [
+    "InputReport",
+    "Row",
+    "check_stream",
+    "check_uris",
+    "count_rows",
+    "estimate_rows",
+    "file_rows",
+    "iter_rows",
+    "require_rows",
+]
 
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_LINE_BYTES = RunnerSettings.max_line_bytes
 
 
 @dataclass(slots=True)
@@ -165,3 +181,87 @@ def estimate_rows(inputs: list[str]) -> int:
         if last != b"\n":
             total += 1  # a last line without a newline
     return total
+
+
+# -- checking input before a job is submitted ------------------------------------------------
+#: A report lists at most this many bad lines (and counts them all).
+MAX_PROBLEMS = 100
+
+
+@dataclass
+class InputReport:
+    """What a validation found: rows, how many are valid, and the first bad lines."""
+
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    invalid: int = 0
+    size_bytes: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    #: True when the check stopped at `max_rows` before the end of the input.
+    truncated: bool = False
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "rowCount": self.rows,
+            "validRowCount": self.rows - self.invalid,
+            "invalidRowCount": self.invalid,
+            "sizeBytes": self.size_bytes,
+            "problems": self.problems,
+            "problemsTruncated": self.invalid > len(self.problems),
+            "truncated": self.truncated,
+        }
+
+    def summary(self) -> str:
+        """One sentence for an error reply: how many lines are bad, and the first of them."""
+        first = self.problems[0] if self.problems else None
+        example = f" First: {first['message']}" if first else ""
+        return (
+            f"{self.invalid} of {self.rows} lines are not valid requests.{example} Fix them, or "
+            "upload with allowInvalidLines=true: each then becomes a failed row of the job."
+        )
+
+
+def check_stream(
+    f: IO[bytes],
+    name: str,
+    report: InputReport,
+    max_line_bytes: int,
+    max_rows: int | None = None,
+) -> InputReport:
+    """Check every line of one file (binary, read line by line) into `report`."""
+    report.files.append(name)
+    for number, size, row in file_rows(f, name, report.rows, 0, max_line_bytes):
+        report.size_bytes += size
+        if max_rows is not None and report.rows >= max_rows:
+            report.truncated = True
+            return report
+        # the runner's own reading of the line: the same Row, the same words
+        message = row.error.message if row is not None and row.error is not None else None
+        if message is not None:
+            report.invalid += 1
+            if len(report.problems) < MAX_PROBLEMS:
+                report.problems.append(
+                    {"file": name, "line": number, "row": report.rows, "message": message}
+                )
+        report.rows += 1
+    return report
+
+
+def check_uris(uris: list[str], max_line_bytes: int, max_rows: int | None) -> InputReport:
+    """Check the files that input URIs (wildcards allowed) name, in the order a job reads them."""
+    report = InputReport()
+    for uri in storage.expand_inputs(uris):
+        with storage.open_read(uri) as f:
+            check_stream(f, uri, report, max_line_bytes, max_rows)
+        if report.truncated:
+            break
+    return report
+
+
+def require_rows(report: InputReport, name: str) -> None:
+    if report.rows == 0:
+        raise InvalidArgument(
+            f"{name} has no rows. Each line must be one JSON object such as "
+            '{"request": {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}}.'
+        )

@@ -1,13 +1,15 @@
-"""The BatchPredictionJob REST methods, mounted four times by the app:
+"""The Vertex face: the BatchPredictionJob REST methods, mounted four times by the app:
 
     /v1/projects/{project}/locations/{location}/batchPredictionJobs...     Vertex form
     /v1beta1/projects/{project}/locations/{location}/batchPredictionJobs...  (the SDK's default)
     /v1/batchPredictionJobs...    /v1beta1/batchPredictionJobs...          express mode
 
-Each handler authenticates (through its scope), calls `JobService` and renders JSON; errors are
-raised as `BatchPredictError`s, which the app renders as `{"error": {code, message, status}}`.
+Each handler authenticates (through its scope), turns the body into a `JobRequest` (job_spec.py),
+calls the one `JobService` and renders the job as Vertex does (resource.py); errors are raised as
+`BatchPredictError`s, which the app renders as `{"error": {code, message, status}}`.
 """
 
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -15,11 +17,13 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from batchpredict.server.auth import Caller
-from batchpredict.server.job_spec import JobSpec
-from batchpredict.server.service import JobService, Scope, parse_job_id
+from batchpredict.jobs import Job, JobState, format_time, utcnow
+from batchpredict.server.vertex.filters import compile_filter
+from batchpredict.server.vertex.job_spec import JobSpec
+from batchpredict.server.vertex.resource import job_resource
+from batchpredict.service import Caller, JobService, Scope, parse_job_id
 
-__all__ = ["JSONResponse", "express_scope", "job_routes", "vertex_scope"]
+__all__ = ["JSONResponse", "express_scope", "job_routes", "render", "vertex_scope"]
 
 
 class JSONResponse(Response):
@@ -50,6 +54,29 @@ def _service(request: Request) -> JobService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
+def render(service: JobService, job: Job) -> dict[str, Any]:
+    """The job's Vertex JSON; a job running in this process shows its live row count."""
+    live = service.progress(job) if job.state == JobState.JOB_STATE_RUNNING else None
+    if live is None:
+        return job_resource(job)
+    return job_resource(job, live.done, live.total)
+
+
+def _delete_operation(job: Job) -> dict[str, Any]:
+    """A done Operation, as Vertex's delete returns."""
+    now = format_time(utcnow())
+    return {
+        "name": f"projects/{job.project}/locations/{job.location}/operations/"
+                f"{secrets.randbelow(9 * 10**18) + 10**18}",
+        "metadata": {
+            "@type": "type.googleapis.com/google.cloud.aiplatform.v1.DeleteOperationMetadata",
+            "genericMetadata": {"createTime": now, "updateTime": now},
+        },
+        "done": True,
+        "response": {"@type": "type.googleapis.com/google.protobuf.Empty"},
+    }
+
+
 _JOB: dict[int | str, dict[str, Any]] = {200: {"description": "The BatchPredictionJob."}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": 'INVALID_ARGUMENT / FAILED_PRECONDITION: {"error": {...}}'},
@@ -71,8 +98,8 @@ def job_routes(prefix: str, scope_of: Callable[..., Awaitable[Scope]]) -> APIRou
     ) -> Response:
         """Create a job; it waits in JOB_STATE_PENDING until a slot is free, then runs."""
         svc = _service(request)
-        job = await svc.create(scope, spec)
-        return JSONResponse(svc.render(job))
+        job = await svc.submit(scope, spec.job_request())
+        return JSONResponse(render(svc, job))
 
     @router.get(collection, response_model=None)
     async def list_jobs(
@@ -84,8 +111,10 @@ def job_routes(prefix: str, scope_of: Callable[..., Awaitable[Scope]]) -> APIRou
     ) -> Response:
         """Jobs newest first: {batchPredictionJobs: [...], nextPageToken}."""
         svc = _service(request)
-        jobs, token = await svc.list(scope, filter, page_size, page_token)
-        body: dict[str, Any] = {"batchPredictionJobs": [svc.render(j) for j in jobs]}
+        jobs, token = await svc.list(
+            scope, compile_filter(filter), page_size, page_token, filter_text=filter
+        )
+        body: dict[str, Any] = {"batchPredictionJobs": [render(svc, j) for j in jobs]}
         if token:
             body["nextPageToken"] = token
         return JSONResponse(body)
@@ -94,7 +123,7 @@ def job_routes(prefix: str, scope_of: Callable[..., Awaitable[Scope]]) -> APIRou
     async def get(request: Request, job_id: str, scope: InScope) -> Response:
         """One job."""
         svc = _service(request)
-        return JSONResponse(svc.render(await svc.get(scope, parse_job_id(job_id))))
+        return JSONResponse(render(svc, await svc.get(scope, parse_job_id(job_id))))
 
     @router.post(collection + "/{job_id}:cancel", response_model=None)
     async def cancel(request: Request, job_id: str, scope: InScope) -> Response:
@@ -106,7 +135,7 @@ def job_routes(prefix: str, scope_of: Callable[..., Awaitable[Scope]]) -> APIRou
     @router.delete(collection + "/{job_id}", response_model=None)
     async def delete(request: Request, job_id: str, scope: InScope) -> Response:
         """Delete a finished job (its output stays); replies with a done Operation."""
-        op = await _service(request).delete(scope, parse_job_id(job_id))
-        return JSONResponse(op)
+        job = await _service(request).delete(scope, parse_job_id(job_id))
+        return JSONResponse(_delete_operation(job))
 
     return router

@@ -1,0 +1,112 @@
+"""`batchpredict run`: submit a job through the job service and run it here and now.
+
+The job runs in this command (`RunsIn.COMMAND`): a server sharing the store leaves it alone, and
+running the same command again (same inputs, output and model) resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sys
+import time
+
+import click
+import orjson
+
+from batchpredict.cli.common import err, local_service
+from batchpredict.cli.progress import ProgressBar, print_summary
+from batchpredict.config import DEFAULT_MODEL, Settings
+from batchpredict.jobs import Job, JobState, RunsIn
+from batchpredict.service import JobRequest, JobService, Scope
+
+__all__ = ["run"]
+
+
+def _absolute(uri: str) -> str:
+    return os.path.abspath(uri) if "://" not in uri else uri
+
+
+def fingerprint(inputs: list[str], output: str, model: str) -> str:
+    """What makes two `run` commands the same job."""
+    norm = [_absolute(u) for u in inputs]
+    return hashlib.sha256(orjson.dumps([norm, _absolute(output), model])).hexdigest()
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, help="Output prefix: a folder, gs://... or s3://...")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model name.")
+@click.option("--display-name", default=None, help="Job name shown in lists.")
+@click.option("--data-dir", default=None, help="Where the job store lives [~/.batchpredict].")
+@click.option("--chunk-rows", type=int, default=None, help="Export a chunk every N rows.")
+@click.option("--chunk-seconds", type=float, default=None, help="...or every N seconds.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run(
+    inputs: tuple[str, ...],
+    output: str,
+    model: str,
+    display_name: str | None,
+    data_dir: str | None,
+    chunk_rows: int | None,
+    chunk_seconds: float | None,
+    quiet: bool,
+) -> None:
+    """Run a batch job on INPUT files (JSONL, paths or wildcards) and write predictions.
+
+    Running the same command again after a crash or Ctrl-C resumes the same job.
+    """
+    settings = Settings.from_env(
+        data_dir=data_dir, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds
+    )
+    request = JobRequest(
+        display_name=display_name or f"run-{time.strftime('%Y%m%d-%H%M%S')}",
+        model=model,
+        input_uris=[_absolute(u) for u in inputs],
+        output_prefix=_absolute(output),
+        runs_in=RunsIn.COMMAND,
+        fingerprint=fingerprint(list(inputs), output, model),
+    )
+    final = asyncio.run(_submit_and_run(settings, request, quiet))
+    print_summary(final)
+    if final.state == JobState.JOB_STATE_RUNNING:
+        err.print("Interrupted. Run the same command again to resume.")
+        sys.exit(130)
+    sys.exit(0 if final.state == JobState.JOB_STATE_SUCCEEDED else 1)
+
+
+async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool) -> Job:
+    service = local_service(settings)
+    try:
+        assert request.fingerprint is not None
+        job = await service.find_resumable(request.fingerprint)
+        if job is not None:
+            done = await service.committed_rows(job)
+            err.print(f"Resuming job {job.id} ({done} rows already done) into {job.output_dir}",
+                      highlight=False)
+        else:
+            job = await service.submit(Scope.local(), request)
+            err.print(f"Created job {job.id}", highlight=False)
+        return await _run_here(service, job, quiet)
+    finally:
+        await service.close()
+
+
+async def _run_here(service: JobService, job: Job, quiet: bool) -> Job:
+    interrupt = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if interrupt.is_set():
+            os._exit(130)  # second Ctrl-C: the chunks already written are safe
+        err.print("\nStopping: writing completed rows (Ctrl-C again to quit now)...")
+        interrupt.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    loop.add_signal_handler(signal.SIGTERM, on_sigint)
+    with ProgressBar(quiet) as bar:
+        return await service.scheduler.run_here(
+            job.id, on_progress=bar.update, interrupt=interrupt, on_loading=bar.loading
+        )

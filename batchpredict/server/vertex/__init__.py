@@ -1,0 +1,1 @@
+"""The Vertex face: Vertex AI's batchPredictionJobs REST API over the one job service."""

@@ -1,0 +1,305 @@
+"""The one job service: every face (CLI, Vertex REST, console, the faces to come) goes through it.
+
+    submit    validate, resolve the model, check inputs and output prefix, store PENDING
+    get / list / cancel / delete / progress
+    output    the one reader of a job's predictions (downloads, failed rows)
+    validate_inputs / validate_upload / store_upload / defaults   what a create form needs
+
+A `Scope` is where a call acts: a `Caller` (the projects it may use) and, from a path, one project
+and location. A job outside the caller's scope does not exist for it: NotFound, never
+PermissionDenied, so a caller cannot learn which job ids other projects hold. Local commands act
+with `Scope.local()`, which may use every project.
+
+Blocking work (storage, the job store) runs in threads; these methods are async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from batchpredict import input as input_files
+from batchpredict import storage, uploads
+from batchpredict.config import DEFAULT_LOCATION, Settings
+from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
+from batchpredict.jobs import Job, RunsIn
+from batchpredict.output import ChunkedOutput, OutputReader
+from batchpredict.runner import Progress
+from batchpredict.scheduler import Scheduler
+from batchpredict.store.base import JobStore
+
+__all__ = ["Caller", "JobRequest", "JobService", "Scope", "parse_job_id"]
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who acts: the projects it may use (None: every project) and where its jobs go by default."""
+
+    projects: frozenset[str] | None
+    default_project: str
+
+    def may_use(self, project: str) -> bool:
+        return self.projects is None or project in self.projects
+
+
+@dataclass(frozen=True)
+class Scope:
+    caller: Caller
+    #: From the path; None in express mode.
+    project: str | None = None
+    location: str | None = None
+
+    @classmethod
+    def local(cls, project: str = "local") -> Scope:
+        """A command on this machine: every project, new jobs in `project`."""
+        return cls(Caller(None, project))
+
+    @property
+    def target(self) -> tuple[str, str]:
+        """(project, location) of a job created here: express mode uses the caller's default."""
+        return self.project or self.caller.default_project, self.location or DEFAULT_LOCATION
+
+    def sees(self, job: Job) -> bool:
+        if not self.caller.may_use(job.project):
+            return False
+        if self.project is None:
+            return True
+        return job.project == self.project and job.location == self.location
+
+    def check_parent(self) -> None:
+        """Creating or listing under a project the caller may not use."""
+        if self.project is not None and not self.caller.may_use(self.project):
+            raise PermissionDenied(
+                f"Permission denied on resource project {self.project} (or it may not exist). "
+                "Use a token that allows this project."
+            )
+
+
+@dataclass
+class JobRequest:
+    """A job as a face asks for it, before the service checks it."""
+
+    display_name: str
+    model: str
+    input_uris: list[str]
+    output_prefix: str
+    labels: dict[str, str] = field(default_factory=dict)
+    runs_in: RunsIn = RunsIn.SCHEDULER
+    #: A command's key for finding its own unfinished job again (`batchpredict run` resumes).
+    fingerprint: str | None = None
+
+
+def parse_job_id(text: str) -> int:
+    """A job id from a path segment or a command line: ASCII digits only."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise InvalidArgument(
+            f"{text!r} is not a valid BatchPredictionJob id: ids are numbers, as in "
+            "projects/P/locations/L/batchPredictionJobs/123."
+        )
+    return int(text)
+
+
+class JobService:
+    def __init__(
+        self, store: JobStore, registry: Any, scheduler: Scheduler, settings: Settings
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.scheduler = scheduler
+        self.settings = settings
+
+    @classmethod
+    def open(cls, settings: Settings, store: JobStore | None = None, registry: Any = None
+             ) -> JobService:
+        """The service with its store, model registry and scheduler, from `settings` unless
+        given. The caller closes it (`close`) when done."""
+        from batchpredict.backends.registry import ModelRegistry
+        from batchpredict.store import open_store
+
+        store = store if store is not None else open_store(settings)
+        registry = registry if registry is not None else ModelRegistry.from_settings(settings)
+        return cls(store, registry, Scheduler(store, registry, settings), settings)
+
+    async def close(self, store: bool = True) -> None:
+        """Stop the scheduler, release the backends, and close the store (unless `store` is
+        False: a store handed in by the caller stays open)."""
+        await self.scheduler.stop()
+        await self.registry.close()
+        if store and hasattr(self.store, "close"):
+            self.store.close()
+
+    # -- jobs -----------------------------------------------------------------------------
+    async def submit(self, scope: Scope, req: JobRequest) -> Job:
+        """Check a job and store it PENDING. A bad model or spec is a 400; a missing input a 404;
+        an output prefix that cannot be written a 4xx: no job is created for any of them."""
+        scope.check_parent()
+        self.registry.resolve(req.model)  # 400 listing the available models
+        uris, prefix = list(req.input_uris), req.output_prefix
+
+        def resolve() -> list[str]:
+            storage.check_output_writable(prefix)
+            return storage.expand_inputs(uris)  # 404 naming a missing input
+
+        inputs = await asyncio.to_thread(resolve)
+        project, location = scope.target
+        job = Job(
+            display_name=req.display_name,
+            model=req.model,
+            input_uris=uris,
+            output_prefix=prefix,
+            project=project,
+            location=location,
+            labels=dict(req.labels),
+            runs_in=req.runs_in,
+            fingerprint=req.fingerprint,
+        )
+        job.checkpoint.inputs = inputs
+        job = await asyncio.to_thread(self.store.create, job)
+        if job.runs_in == RunsIn.SCHEDULER:
+            self.scheduler.wake()
+        return job
+
+    async def find_resumable(self, fingerprint: str) -> Job | None:
+        """A command's unfinished job with this fingerprint, to resume."""
+        return await asyncio.to_thread(self.store.find_by_fingerprint, fingerprint)
+
+    async def get(self, scope: Scope, job_id: int) -> Job:
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if not scope.sees(job):
+            raise NotFound(f"BatchPredictionJob {job_id} was not found.")
+        return job
+
+    def progress(self, job: Job) -> Progress | None:
+        """Live progress of a job running in this process (rows answered, committed or not)."""
+        return self.scheduler.progress.get(job.id)
+
+    async def list(
+        self,
+        scope: Scope,
+        matches: Callable[[Job], bool] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        filter_text: str | None = None,
+    ) -> tuple[list[Job], str]:
+        """One page of jobs, newest first, and the token of the next page ("" at the end).
+        `filter_text` is what `matches` was compiled from: a page token is only good for it."""
+        scope.check_parent()
+        if page_size < 0:
+            raise InvalidArgument("pageSize must not be negative.")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        before = _read_page_token(page_token, filter_text) if page_token else None
+        jobs = await asyncio.to_thread(self.store.list, scope.project)
+        page: list[Job] = []
+        more = False
+        for job in jobs:
+            if before is not None and job.id >= before:
+                continue
+            if not scope.sees(job) or (matches is not None and not matches(job)):
+                continue
+            if len(page) == size:
+                more = True
+                break
+            page.append(job)
+        token = _page_token(page[-1].id, filter_text) if more else ""
+        return page, token
+
+    async def cancel(self, scope: Scope, job_id: int) -> Job:
+        await self.get(scope, job_id)
+        return await self.scheduler.cancel(job_id)
+
+    async def delete(self, scope: Scope, job_id: int) -> Job:
+        """Delete a finished job (its output stays); the job as it was."""
+        job = await self.get(scope, job_id)
+        await asyncio.to_thread(self.store.delete, job_id)
+        return job
+
+    async def committed_rows(self, job: Job) -> int:
+        """Rows of a job durably written (its chunks are the truth: a kill can precede the
+        store's checkpoint)."""
+        if not job.output_dir:
+            return job.counts.done
+        out = ChunkedOutput(job.output_dir)
+        return (await asyncio.to_thread(out.committed))[0]
+
+    async def output(self, scope: Scope, job_id: int) -> tuple[Job, OutputReader]:
+        """A job and the reader of its output so far."""
+        job = await self.get(scope, job_id)
+        return job, OutputReader(job.output_dir)
+
+    # -- what a create form needs ---------------------------------------------------------
+    def defaults(self, scope: Scope) -> dict[str, str]:
+        """The caller's project and location, where uploads go, a suggested output prefix."""
+        root = self.settings.uploads_uri.rstrip("/")
+        parent = root.rsplit("/", 1)[0] if "/" in root.split("://", 1)[-1] else root
+        return {
+            "project": scope.caller.default_project,
+            "location": DEFAULT_LOCATION,
+            "uploadsRoot": root,
+            "outputUriPrefix": storage.join(parent, "outputs"),
+        }
+
+    async def validate_inputs(
+        self, scope: Scope, uris: builtins.list[str], max_rows: int | None
+    ) -> input_files.InputReport:
+        """Check the files input URIs name (wildcards too) line by line, as the runner reads."""
+        limit = self.settings.max_line_bytes
+        return await asyncio.to_thread(input_files.check_uris, uris, limit, max_rows)
+
+    async def validate_upload(
+        self, scope: Scope, src: IO[bytes], file_name: str | None
+    ) -> input_files.InputReport:
+        name = uploads.safe_file_name(file_name)
+        limit = self.settings.max_line_bytes
+        report = await asyncio.to_thread(
+            input_files.check_stream, src, name, input_files.InputReport(), limit
+        )
+        input_files.require_rows(report, name)
+        return report
+
+    async def store_upload(
+        self, scope: Scope, src: IO[bytes], file_name: str | None, allow_invalid: bool
+    ) -> tuple[str, input_files.InputReport]:
+        """Check an uploaded JSONL file and store it in the caller's uploads area; its URI."""
+        report = await self.validate_upload(scope, src, file_name)
+        if report.invalid and not allow_invalid:
+            raise InvalidArgument(report.summary())
+        uri = await asyncio.to_thread(
+            uploads.store_upload, src, file_name or "", self.settings.uploads_uri,
+            scope.caller.default_project,
+        )
+        return uri, report
+
+
+def _filter_hash(filter_text: str | None) -> str:
+    return hashlib.sha256((filter_text or "").encode()).hexdigest()[:12]
+
+
+def _page_token(last_id: int, filter_text: str | None) -> str:
+    raw = orjson.dumps({"before": last_id, "filter": _filter_hash(filter_text)})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_page_token(token: str, filter_text: str | None) -> int:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        before, fhash = int(data["before"]), data["filter"]
+    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        raise InvalidArgument(
+            "pageToken is not valid: pass the nextPageToken of the previous list call unchanged."
+        ) from None
+    if fhash != _filter_hash(filter_text):
+        raise InvalidArgument(
+            "pageToken belongs to a list call with another filter: keep the filter unchanged "
+            "while paging."
+        )
+    return before
