@@ -9,6 +9,7 @@ methods (`Authorization: Bearer TOKEN`, `x-goog-api-key` or `?key=`).
     POST /batchpredict/v1/inputs:validate         check input URIs (wildcards) line by line
     GET  /batchpredict/v1/{job}/predictions.jsonl the job's output so far (download)
     GET  /batchpredict/v1/{job}/failedRows        the first failed output lines, with `status`
+    GET  /batchpredict/v1/{job}/progressHistory   samples of its committed counts over time
 
 where {job} is projects/{p}/locations/{l}/batchPredictionJobs/{id}, the job's `name`.
 """
@@ -16,6 +17,8 @@ where {job} is projects/{p}/locations/{l}/batchPredictionJobs/{id}, the job's `n
 from __future__ import annotations
 
 import asyncio
+import itertools
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
@@ -24,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batchpredict import storage
 from batchpredict.errors import InvalidArgument, NotFound
-from batchpredict.jobs import Job
+from batchpredict.jobs import Job, format_time
 from batchpredict.server.console import inputs, outputs
 from batchpredict.server.routes import JSONResponse, express_scope, vertex_scope
 from batchpredict.server.service import DEFAULT_LOCATION, JobService, Scope, parse_job_id
@@ -69,14 +72,24 @@ async def list_models(request: Request, scope: AnyScope) -> Response:
 @router.get(PREFIX + "/defaults", response_model=None)
 async def defaults(request: Request, scope: AnyScope) -> Response:
     """What a create form starts from: the caller's default project and location, where uploads
-    are stored, and a suggested output prefix (`outputs` beside the uploads root)."""
+    are stored, and a suggested output prefix (`outputs` beside the uploads root). `projects`
+    lists the projects the caller may use, sorted; for a caller allowed every project ("*"),
+    `allProjects` is true and `projects` names those that have jobs, and its default project."""
     root = _settings(request).uploads_uri.rstrip("/")
     parent = root.rsplit("/", 1)[0] if "/" in root.split("://", 1)[-1] else root
+    caller = scope.caller
+    projects = caller.projects
+    if projects is None:
+        service: JobService = request.app.state.service
+        jobs = await asyncio.to_thread(service.store.list)
+        projects = frozenset({caller.default_project, *(job.project for job in jobs)})
     return JSONResponse({
-        "project": scope.caller.default_project,
+        "project": caller.default_project,
         "location": DEFAULT_LOCATION,
         "uploadsRoot": root,
         "outputUriPrefix": storage.join(parent, "outputs"),
+        "projects": sorted(projects),
+        "allProjects": caller.projects is None,
     })
 
 
@@ -148,14 +161,19 @@ async def validate_inputs(
 @router.get(JOB_PATH + "/predictions.jsonl", response_model=None)
 async def download_predictions(request: Request, job_id: str, scope: JobScope) -> Response:
     """The job's predictions.jsonl; while it runs, the rows completed so far (its incremental
-    chunks in row order), with the header `X-Batchpredict-Partial: true`."""
+    chunks in row order), with the header `X-Batchpredict-Partial: true`. 404 when it has no
+    predictions: not started, or no row completed (so far)."""
     job = await _job(request, scope, job_id)
     if not job.output_dir:
         raise NotFound(f"Job {job.id} has no output yet: it has not started.")
+    blocks = outputs.iter_output_blocks(job)
+    first = await asyncio.to_thread(next, blocks, None)
+    if first is None:
+        raise NotFound(outputs.no_predictions_message(job))
     partial = not job.state.is_terminal
     name = f"job-{job.id}-{'partial-' if partial else ''}predictions.jsonl"
     return StreamingResponse(
-        outputs.iter_output_blocks(job),
+        itertools.chain([first], blocks),
         media_type="application/jsonl",
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',
@@ -180,3 +198,21 @@ async def failed_rows(
         return JSONResponse({"failedRows": [], "linesRead": 0})
     rows, read = await asyncio.to_thread(outputs.first_failed_rows, job, page_size)
     return JSONResponse({"failedRows": rows, "linesRead": read})
+
+
+@router.get(JOB_PATH + "/progressHistory", response_model=None)
+async def progress_history(request: Request, job_id: str, scope: JobScope) -> Response:
+    """How the job's committed rows and tokens grew while it ran, for throughput charts:
+    `{"samples": [{time, doneCount, totalTokenCount}]}`, oldest first, from its start. At most
+    200 samples, spread evenly over the run (a long run keeps a coarser record); counts are
+    cumulative, as in `progress`, so a rate is the difference of two samples over their time."""
+    job = await _job(request, scope, job_id)
+    samples = [
+        {
+            "time": format_time(datetime.fromtimestamp(t, UTC)),
+            "doneCount": str(int(done)),
+            "totalTokenCount": str(int(tokens)),
+        }
+        for t, done, tokens in job.progress_history
+    ]
+    return JSONResponse({"samples": samples})

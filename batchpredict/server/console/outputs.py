@@ -18,7 +18,7 @@ from batchpredict.errors import NotFound
 from batchpredict.jobs import Job
 from batchpredict.output import ChunkedOutput
 
-__all__ = ["first_failed_rows", "iter_output_blocks", "output_files"]
+__all__ = ["first_failed_rows", "iter_output_blocks", "no_predictions_message", "output_files"]
 
 BLOCK = 1024 * 1024
 
@@ -52,6 +52,16 @@ def _iter_lines(job: Job) -> Iterator[bytes]:
         except NotFound:
             continue  # a chunk was assembled away under us: read again from the start
     return
+
+
+def no_predictions_message(job: Job) -> str:
+    """Why a job's download has nothing in it, for its 404."""
+    if not job.state.is_terminal:
+        return (f"Job {job.id} has no predictions yet: no row has completed. Try again once "
+                "its progress shows completed rows.")
+    why = f" ({job.error['message']})" if job.error and job.error.get("message") else ""
+    return (f"Job {job.id} has no predictions: it ended {job.state.short} before any row "
+            f"completed{why}.")
 
 
 def iter_output_blocks(job: Job) -> Iterator[bytes]:
