@@ -5,7 +5,7 @@
 // Refreshes every 2 s while a job on the page is pending or running, else every 15 s.
 // On a narrow screen each row is a card (CSS), each cell labelled by its column (data-label).
 
-import { api } from "./api.js";
+import { api, onTokenChange } from "./api.js";
 import { go } from "./nav.js";
 import {
   consoleUrl, ellipsis, errorBox, field, fmtDuration, fmtInt, h, isActive, jobCounts, jobDuration,
@@ -31,8 +31,9 @@ export function buildFilter(state, name, project = "") {
   return parts.join(" AND ");
 }
 
-/** The projects the caller may pick from: [] when there is nothing to choose. */
+/** The projects the caller may pick from (asked once per token). */
 let projectChoices = null;
+onTokenChange(() => { projectChoices = null; });
 function loadProjects() {
   projectChoices = projectChoices || api("/batchpredict/v1/defaults")
     .then((d) => d.projects || [])
