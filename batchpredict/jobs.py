@@ -4,7 +4,8 @@ A `Job` is what the job store keeps and what every face reads. It knows states a
 any API's JSON: the Vertex rendering lives in the Vertex face (`server/vertex/resource.py`), and
 the CLI prints from the `Job` itself. Also here: which state may follow which
 (`ALLOWED_TRANSITIONS`, enforced by the store's one transition method), the completion stats and
-token usage of its committed rows, the runner's checkpoint, and where a job runs (`RunsIn`).
+token usage of its committed rows, the runner's checkpoint, where a job runs (`RunsIn`), and a
+bounded history of its progress (`Job.record_progress`) that the console draws charts from.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "PROGRESS_HISTORY_MAX",
+    "PROGRESS_HISTORY_STEP",
     "TERMINAL_STATES",
     "Checkpoint",
     "Job",
@@ -78,6 +81,12 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.JOB_STATE_FAILED: frozenset(),
     S.JOB_STATE_CANCELLED: frozenset(),
 }
+
+
+#: At most this many progress samples are kept with a job (a few kB in its record) ...
+PROGRESS_HISTORY_MAX = 200
+#: ... at most one per this many seconds (doubled each time a full history is thinned).
+PROGRESS_HISTORY_STEP = 2.0
 
 
 def utcnow() -> datetime:
@@ -176,10 +185,38 @@ class Job:
     runs_in: RunsIn = RunsIn.SCHEDULER
     #: The CLI's `run` finds an unfinished job with the same inputs, output and model by this.
     fingerprint: str | None = None
+    #: [unix seconds, done rows, total tokens] of committed rows, oldest first (record_progress).
+    progress_history: list[list[float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return f"projects/{self.project}/locations/{self.location}/batchPredictionJobs/{self.id}"
+
+    def record_progress(self, now: datetime) -> None:
+        """Add a sample of the committed counts to `progress_history`, keeping it bounded: the
+        newest sample is replaced until it is a step after the one before it, and a full history
+        drops every other sample (the first and the newest stay), so a long run keeps an even,
+        coarser record."""
+        history = self.progress_history
+        t = round(now.timestamp(), 3)
+        if not history and self.start_time is not None:
+            history.append([round(self.start_time.timestamp(), 3), 0, 0])
+        sample = [t, self.counts.done, self.counts.total_tokens]
+        step = PROGRESS_HISTORY_STEP
+        if len(history) >= 5:
+            # As sparse as the oldest samples (thinned the most), so the history stays even. The
+            # gap after the start, and one pause (a resumed run), do not count.
+            gaps = (history[2][0] - history[1][0], history[3][0] - history[2][0])
+            step = max(step, min(gaps))
+        if len(history) >= 2 and history[-1][0] - history[-2][0] < step:
+            history[-1] = sample
+        else:
+            history.append(sample)
+        if len(history) > PROGRESS_HISTORY_MAX:
+            kept = history[::2]
+            if kept[-1] is not history[-1]:
+                kept.append(history[-1])
+            history[:] = kept
 
     # -- storage form -----------------------------------------------------------------
     def to_record(self) -> dict[str, Any]:

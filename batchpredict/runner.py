@@ -286,6 +286,7 @@ class JobRunner:
             job.counts.add(counts)
             if first == job.checkpoint.committed_rows:
                 job.checkpoint.committed_rows = first + len(lines)
+        job.record_progress(utcnow())  # the console's throughput charts read this history
         return await asyncio.to_thread(self.store.save_progress, job)
 
     async def _write_chunk(self, first: int, last: int, data: bytes) -> None:

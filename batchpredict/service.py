@@ -237,15 +237,23 @@ class JobService:
         return job, OutputReader(job.output_dir)
 
     # -- what a create form needs ---------------------------------------------------------
-    def defaults(self, scope: Scope) -> dict[str, str]:
-        """The caller's project and location, where uploads go, a suggested output prefix."""
+    async def defaults(self, scope: Scope) -> dict[str, Any]:
+        """The caller's project and location, where uploads go, a suggested output prefix, and
+        the projects it may pick (for a caller allowed every project: those that have jobs)."""
         root = self.settings.uploads_uri.rstrip("/")
         parent = root.rsplit("/", 1)[0] if "/" in root.split("://", 1)[-1] else root
+        caller = scope.caller
+        projects = caller.projects
+        if projects is None:
+            jobs = await asyncio.to_thread(self.store.list)
+            projects = frozenset({caller.default_project, *(job.project for job in jobs)})
         return {
-            "project": scope.caller.default_project,
+            "project": caller.default_project,
             "location": DEFAULT_LOCATION,
             "uploadsRoot": root,
             "outputUriPrefix": storage.join(parent, "outputs"),
+            "projects": sorted(projects),
+            "allProjects": caller.projects is None,
         }
 
     async def validate_inputs(

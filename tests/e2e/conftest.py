@@ -5,6 +5,7 @@ The model registry here names test doubles only, so jobs are fast and their pace
     instant   answers at once
     steady    2 rows a call, 0.1 s a call: ~20 rows/s (a job long enough to watch)
     slow      1 row a call, 0.1 s a call: ~10 rows/s (a job to cancel part-way)
+    gemini-*  answers at once, under any Gemini-style name (long names for the tables)
 
 Tests that use a browser are skipped, with the reason, when /usr/bin/chromium is missing
 (`apt-get install -y chromium chromium-driver`; never `playwright install`).
@@ -12,6 +13,7 @@ Tests that use a browser are skipped, with the reason, when /usr/bin/chromium is
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,12 @@ name = "slow"
 backend = "test-double"
 description = "test double: ~10 rows/s"
 options = { delay_seconds = 0.1, batch_size = 1, max_concurrency = 1 }
+
+[[models]]
+name = "gemini-*"
+backend = "test-double"
+description = "test double under Gemini-style names"
+options = { batch_size = 16 }
 """
 
 
@@ -98,13 +106,15 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh tab (own sessionStorage) at laptop size; fails the test on a JavaScript error."""
+@contextlib.contextmanager
+def open_tab(browser: Any, width: int = 1440, height: int = 900) -> Iterator[Any]:
+    """A fresh tab (own sessionStorage) with a `width` x `height` viewport; fails the test on a
+    JavaScript error."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=20_000)
-    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": width, "height": height},
+                                  accept_downloads=True)
     tab = context.new_page()
     tab.set_default_timeout(20_000)
     errors: list[str] = []
@@ -113,9 +123,18 @@ def page(browser: Any) -> Iterator[Any]:
     # by Chromium as "Failed to load resource": not a fault of the page.
     tab.on("console", lambda msg: errors.append(msg.text)
            if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
-    yield tab
-    context.close()
+    try:
+        yield tab
+    finally:
+        context.close()
     assert not errors, f"JavaScript errors in the console: {errors}"
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh tab at laptop size; fails the test on a JavaScript error."""
+    with open_tab(browser) as tab:
+        yield tab
 
 
 @pytest.fixture(scope="session")

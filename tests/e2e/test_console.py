@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,142 @@ def test_asks_for_a_token_and_sends_it(browser: Any, tmp_path: Path) -> None:
         context.close()
     finally:
         secured.stop()
+
+
+def test_a_finished_job_shows_how_it_ran(page: Any, server: ThreadServer, tmp_path: Path) -> None:
+    """Throughput comes from the history the server kept while the job ran: a page opened only
+    after the job ended still draws both charts."""
+    path = write_jsonl(tmp_path / "in.jsonl", good_rows(100))
+    job = server.wait(server.create(job_body(str(path), tmp_path / "out", "steady", "ran-unseen")))
+    assert job["state"] == "JOB_STATE_SUCCEEDED"
+    page.goto(server.url + "/console/" + job["name"])
+    expect(page.locator("#job-state")).to_have_text("SUCCEEDED")
+    for chart, unit in (("#chart-rows", "rows/s"), ("#chart-tokens", "tokens/s")):
+        expect(page.locator(f"{chart} polyline")).to_have_count(1)
+        expect(page.locator(f"{chart} figcaption")).to_contain_text(unit)
+        points = page.locator(f"{chart} polyline").get_attribute("points") or ""
+        assert len(points.split()) >= 3, points
+    # ~20 rows/s (the "steady" model), 4 tokens a row
+    latest = float(page.locator("#chart-rows [data-latest]").get_attribute("data-latest") or 0)
+    assert 8 < latest < 40, latest
+    expect(page.locator("#chart-rows svg")).to_have_attribute(
+        "aria-label", re.compile(r"^Rows per second: latest .* over [3-9] seconds\.$"))
+
+
+def running_view_of(job: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The job resource as it would read while running, with `changes`."""
+    view = {k: v for k, v in job.items() if k not in ("endTime", "error")}
+    return view | {"state": "JOB_STATE_RUNNING"} | changes
+
+
+def test_eta_follows_a_steady_rate_not_the_last_burst(
+    page: Any, server: ThreadServer, tmp_path: Path
+) -> None:
+    """A job of known progress (its resource and history served to the page as recorded): 60
+    rows at 0.6 rows/s for 100 s, then a burst of 20 rows in 1 s. 120 of 200 rows remain."""
+    path = write_jsonl(tmp_path / "in.jsonl", good_rows(5))
+    job = server.wait(server.create(job_body(str(path), tmp_path / "out", "instant", "eta")))
+    start = 1_790_000_000
+
+    def iso(t: float) -> str:
+        return f"{datetime.fromtimestamp(t, UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
+
+    samples = [(start + 10 * i, 6 * i) for i in range(11)] + [(start + 101, 80)]
+    history = {"samples": [{"time": iso(t), "doneCount": str(d), "totalTokenCount": str(4 * d)}
+                           for t, d in samples]}
+    running = running_view_of(job, startTime=iso(start),
+                              completionStats={"successfulCount": "80", "failedCount": "0",
+                                               "incompleteCount": "0"},
+                              progress=job["progress"] | {"doneCount": "80", "totalCount": "200"})
+    page.route(f"**/v1/{job['name']}", lambda route: route.fulfill(json=running))
+    page.route(f"**/batchpredict/v1/{job['name']}/progressHistory",
+               lambda route: route.fulfill(json=history))
+    page.goto(server.url + "/console/" + job["name"])
+    expect(page.locator("#job-state")).to_have_text("RUNNING")
+    # Smoothed over the history: ~0.97 rows/s, so 120 rows take about 2 minutes. The burst alone
+    # (20 rows/s) would say 6 s; the last 5 s of samples 2.4 rows/s, 51 s.
+    expect(page.locator("#progress-text")).to_have_text(
+        "80 / 200 rows · 1.0 rows/s · about 2 min 04 s left")
+
+
+def test_partial_failures_are_listed_on_the_job_page(
+    page: Any, server: ThreadServer, tmp_path: Path
+) -> None:
+    """`partialFailures` (up to 20 google.rpc.Status) is shown when the resource has it: here a
+    job whose rows failed, with the statuses its failed rows carry."""
+    rows: list[Any] = good_rows(6)
+    rows[2] = "not json"
+    rows[4] = {"key": "bad-role",
+               "request": {"contents": [{"role": "bot", "parts": [{"text": "x"}]}]}}
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    job = server.wait(server.create(job_body(str(path), tmp_path / "out", "instant", "partly")))
+    assert stats(job) == (4, 2, 0)
+    page.goto(server.url + "/console/" + job["name"])
+    expect(page.locator("#job-state")).to_have_text("SUCCEEDED")
+    expect(page.locator("#partial-failures")).to_be_hidden()  # the resource has none
+
+    failed = [line for line in predictions(job) if line["status"]]
+    statuses = [orjson.loads(line["status"].split(": ", 1)[1])["error"] for line in failed]
+    assert [s["status"] for s in statuses] == ["INVALID_ARGUMENT"] * 2
+    reported = job | {"partialFailures": [{"code": 3, "message": s["message"]} for s in statuses]}
+    page.route(f"**/v1/{job['name']}", lambda route: route.fulfill(json=reported))
+    page.reload()
+    items = page.locator("#partial-failures li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_contain_text("INVALID_ARGUMENT (3): Line 3 of")
+    expect(items.nth(1)).to_have_text("INVALID_ARGUMENT (3): Please use a valid role: user, model.")
+    expect(page.locator("#partial-failures h2")).to_have_text("Partial failures")
+
+
+def test_a_failed_job_without_output_offers_no_download(
+    page: Any, server: ThreadServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "blank.jsonl"
+    path.write_bytes(b"\n\n\n")
+    job = server.wait(server.create(job_body(str(path), tmp_path / "out", "instant", "no-rows")))
+    assert job["state"] == "JOB_STATE_FAILED" and "outputInfo" in job
+    page.goto(server.url + "/console/" + job["name"])
+    expect(page.locator("#job-state")).to_have_text("FAILED")
+    expect(page.locator("#job-error")).to_contain_text("The input has no rows")
+    expect(page.locator("#delete-job")).to_be_visible()
+    expect(page.locator("#download")).to_be_hidden()
+
+
+def test_the_list_shows_durations_and_filters_by_project(
+    page: Any, server: ThreadServer, tmp_path: Path
+) -> None:
+    small = str(write_jsonl(tmp_path / "small.jsonl", good_rows(3)))
+    long = str(write_jsonl(tmp_path / "long.jsonl", good_rows(300)))
+    out = tmp_path / "out"
+    a = server.wait(server.create(job_body(small, out, "instant", "proj-a-job"), project="team-a"))
+    b = server.wait(server.create(job_body(small, out, "instant", "proj-b-job"), project="team-b"))
+    running = server.create(job_body(long, out, "slow", "proj-b-running"), project="team-b")
+    server.wait(running, until=lambda j: j["state"] == "JOB_STATE_RUNNING")
+
+    page.goto(server.url + "/console/?name=proj-")
+    rows = page.locator("#jobs-table tbody tr")
+    expect(rows).to_have_count(3)
+    # Duration: end - start for a finished job; the time so far for a running one, growing.
+    ms = len("2026-01-01T00:00:00.000")  # what JavaScript's Date keeps
+    ran = (datetime.fromisoformat(a["endTime"][:ms]) - datetime.fromisoformat(a["startTime"][:ms]))
+    expect(rows.filter(has_text="proj-a-job").locator("td[data-label=Duration]")).to_have_text(
+        f"{ran.total_seconds():.1f} s")
+    so_far = rows.filter(has_text="proj-b-running").locator("td[data-label=Duration]")
+    expect(so_far).to_have_text(re.compile(r"^\d+(\.\d)? s$"))
+    first = so_far.inner_text()
+    expect(so_far).not_to_have_text(first)  # the list refreshes every 2 s while a job runs
+
+    # Several projects: pick one; the filter is on the job's name, shown in the API's syntax.
+    project = page.locator("#filter-project")
+    expect(project).to_be_visible()
+    expect(project.locator("option", has_text="team-a")).to_have_count(1)
+    project.select_option("team-b")
+    page.wait_for_url(re.compile(r"project=team-b"))
+    expect(page.locator("#active-filter")).to_have_text(
+        'name:"projects/team-b/*" AND display_name:"proj-*"')
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="proj-a-job")).to_have_count(0)
+    expect(project).to_have_value("team-b")
+    server.call("POST", f"/v1/{running['name']}:cancel", {})
+    server.wait(running)
+    assert b["name"].startswith("projects/team-b/")

@@ -48,12 +48,35 @@ def api_server(tmp_path: Path) -> Any:
 
 def test_models_and_defaults(api_server: ThreadServer) -> None:
     models = api_server.call("GET", "/batchpredict/v1/models").json["models"]
-    assert [m["name"] for m in models] == ["instant", "steady", "slow"]
+    assert [m["name"] for m in models] == ["instant", "steady", "slow", "gemini-*"]
     defaults = api_server.call("GET", "/batchpredict/v1/defaults").json
     data_dir = api_server.settings.data_dir
     assert defaults == {"project": "default", "location": "us-central1",
                         "uploadsRoot": f"{data_dir}/uploads",
-                        "outputUriPrefix": f"{data_dir}/outputs"}
+                        "outputUriPrefix": f"{data_dir}/outputs",
+                        "projects": ["default"], "allProjects": True}
+
+
+def test_defaults_list_the_projects_a_caller_may_pick(tmp_path: Path) -> None:
+    """What the jobs list's project filter offers: the token's projects, or for an open server
+    ("*") every project that has jobs."""
+    srv = ThreadServer(e2e_settings(tmp_path, tokens="tok-ab=team-b,team-a;tok-a=team-a;"
+                                                      "tok-all=*")).start()
+    try:
+        path = write_jsonl(tmp_path / "in.jsonl", GOOD)
+        srv.create({"displayName": "x", "model": "instant",
+                    "inputConfig": {"gcsSource": {"uris": [str(path)]}},
+                    "outputConfig": {"gcsDestination": {"outputUriPrefix": str(tmp_path)}}},
+                   project="elsewhere", token="tok-all")
+        mine = [(t, srv.call("GET", "/batchpredict/v1/defaults", token=t).json)
+                for t in ("tok-ab", "tok-a", "tok-all")]
+        assert [(t, d["projects"], d["allProjects"]) for t, d in mine] == [
+            ("tok-ab", ["team-a", "team-b"], False),
+            ("tok-a", ["team-a"], False),
+            ("tok-all", ["default", "elsewhere"], True),
+        ]
+    finally:
+        srv.stop()
 
 
 def test_validate_and_upload_report_bad_lines_by_number(api_server: ThreadServer) -> None:
@@ -163,3 +186,51 @@ def test_uploads_root_on_object_storage(store: str, request: pytest.FixtureReque
         assert stats(srv.wait(job)) == (5, 0, 0)
     finally:
         srv.stop()
+
+
+def test_a_job_without_predictions_has_no_download(
+    api_server: ThreadServer, tmp_path: Path
+) -> None:
+    """A FAILED job whose input had no rows has an output folder but no predictions: its download
+    is a 404 that says so, not an empty file."""
+    path = tmp_path / "blank.jsonl"
+    path.write_bytes(b"\n\n")
+    job = api_server.wait(api_server.create({
+        "displayName": "no-rows", "model": "instant",
+        "inputConfig": {"gcsSource": {"uris": [str(path)]}},
+        "outputConfig": {"gcsDestination": {"outputUriPrefix": str(tmp_path / "out")}},
+    }))
+    assert job["state"] == "JOB_STATE_FAILED" and job["outputInfo"]["gcsOutputDirectory"]
+    reply = api_server.call("GET", f"/batchpredict/v1/{job['name']}/predictions.jsonl")
+    assert reply.status == 404, reply
+    message = reply.json["error"]["message"]
+    assert message.startswith(f"Job {job['name'].rsplit('/', 1)[1]} has no predictions: it ended "
+                              "FAILED before any row completed (The input has no rows")
+
+
+def test_progress_history_outlives_the_run(api_server: ThreadServer, tmp_path: Path) -> None:
+    """The server keeps a job's progress samples, so a finished job's throughput can be drawn."""
+    path = write_jsonl(tmp_path / "in.jsonl", [{"key": i, "request": text_request("x")}
+                                               for i in range(100)])
+    job = api_server.wait(api_server.create({
+        "displayName": "sampled", "model": "steady",  # ~20 rows/s: about 5 s
+        "inputConfig": {"gcsSource": {"uris": [str(path)]}},
+        "outputConfig": {"gcsDestination": {"outputUriPrefix": str(tmp_path / "out")}},
+    }))
+    assert stats(job) == (100, 0, 0)
+    samples = api_server.call(
+        "GET", f"/batchpredict/v1/{job['name']}/progressHistory").json["samples"]
+    assert 3 <= len(samples) <= 200, samples
+    times = [s["time"] for s in samples]
+    ms = len("2026-01-01T00:00:00.000")  # samples keep milliseconds
+    assert times == sorted(times) and job["startTime"][:ms] <= times[0][:ms]
+    assert times[-1][:ms] <= job["endTime"][:ms]
+    assert samples[0] | {"time": ""} == {"time": "", "doneCount": "0", "totalTokenCount": "0"}
+    assert samples[-1]["doneCount"] == "100"
+    assert samples[-1]["totalTokenCount"] == job["progress"]["totalTokenCount"] == "400"
+    done = [int(s["doneCount"]) for s in samples]
+    assert done == sorted(done) and 0 < done[1] < 100
+    other = api_server.call("GET", "/batchpredict/v1/projects/q/locations/us-central1/"
+                                   f"batchPredictionJobs/{job['name'].rsplit('/', 1)[1]}"
+                                   "/progressHistory")
+    assert other.status == 404  # the job is named by its own project only

@@ -9,12 +9,15 @@ methods (`Authorization: Bearer TOKEN`, `x-goog-api-key` or `?key=`).
     POST /batchpredict/v1/inputs:validate         check input URIs (wildcards) line by line
     GET  /batchpredict/v1/{job}/predictions.jsonl the job's output so far (download)
     GET  /batchpredict/v1/{job}/failedRows        the first failed output lines, with `status`
+    GET  /batchpredict/v1/{job}/progressHistory   samples of its committed counts over time
 
 where {job} is projects/{p}/locations/{l}/batchPredictionJobs/{id}, the job's `name`.
 """
 
 from __future__ import annotations
 
+import itertools
+from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
@@ -23,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchpredict.errors import NotFound
-from batchpredict.jobs import Job
+from batchpredict.jobs import Job, format_time
 from batchpredict.output import OutputReader
 from batchpredict.server.vertex.routes import JSONResponse, express_scope, vertex_scope
 from batchpredict.service import JobService, Scope, parse_job_id
@@ -67,8 +70,10 @@ async def list_models(request: Request, scope: AnyScope) -> Response:
 @router.get(PREFIX + "/defaults", response_model=None)
 async def defaults(request: Request, scope: AnyScope) -> Response:
     """What a create form starts from: the caller's default project and location, where uploads
-    are stored, and a suggested output prefix (`outputs` beside the uploads root)."""
-    return JSONResponse(_service(request).defaults(scope))
+    are stored, and a suggested output prefix (`outputs` beside the uploads root). `projects`
+    lists the projects the caller may use, sorted; for a caller allowed every project ("*"),
+    `allProjects` is true and `projects` names those that have jobs, and its default project."""
+    return JSONResponse(await _service(request).defaults(scope))
 
 
 _UPLOAD = File(description="A JSONL file: one {\"request\": GenerateContentRequest} per line.")
@@ -124,14 +129,19 @@ async def validate_inputs(
 @router.get(JOB_PATH + "/predictions.jsonl", response_model=None)
 async def download_predictions(request: Request, job_id: str, scope: JobScope) -> Response:
     """The job's predictions.jsonl; while it runs, the rows completed so far (its incremental
-    chunks in row order), with the header `X-Batchpredict-Partial: true`."""
+    chunks in row order), with the header `X-Batchpredict-Partial: true`. 404 when it has no
+    predictions: not started, or no row completed (so far)."""
     job, reader = await _output(request, scope, job_id)
     if not job.output_dir:
         raise NotFound(f"Job {job.id} has no output yet: it has not started.")
+    blocks = reader.blocks()
+    first = await anyio.to_thread.run_sync(next, blocks, None)
+    if first is None:
+        raise NotFound(_no_predictions_message(job))
     partial = not job.state.is_terminal
     name = f"job-{job.id}-{'partial-' if partial else ''}predictions.jsonl"
     return StreamingResponse(
-        reader.blocks(),
+        itertools.chain([first], blocks),
         media_type="application/jsonl",
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',
@@ -154,3 +164,31 @@ async def failed_rows(
     _, reader = await _output(request, scope, job_id)
     rows, read = await anyio.to_thread.run_sync(reader.first_failed, page_size)
     return JSONResponse({"failedRows": rows, "linesRead": read})
+
+
+@router.get(JOB_PATH + "/progressHistory", response_model=None)
+async def progress_history(request: Request, job_id: str, scope: JobScope) -> Response:
+    """How the job's committed rows and tokens grew while it ran, for throughput charts:
+    `{"samples": [{time, doneCount, totalTokenCount}]}`, oldest first, from its start. At most
+    200 samples, spread evenly over the run (a long run keeps a coarser record); counts are
+    cumulative, as in `progress`, so a rate is the difference of two samples over their time."""
+    job = await _service(request).get(scope, parse_job_id(job_id))
+    samples = [
+        {
+            "time": format_time(datetime.fromtimestamp(t, UTC)),
+            "doneCount": str(int(done)),
+            "totalTokenCount": str(int(tokens)),
+        }
+        for t, done, tokens in job.progress_history
+    ]
+    return JSONResponse({"samples": samples})
+
+
+def _no_predictions_message(job: Job) -> str:
+    """Why a job's download has nothing in it, for its 404."""
+    if not job.state.is_terminal:
+        return (f"Job {job.id} has no predictions yet: no row has completed. Try again once "
+                "its progress shows completed rows.")
+    why = f" ({job.error['message']})" if job.error and job.error.get("message") else ""
+    return (f"Job {job.id} has no predictions: it ended {job.state.short} before any row "
+            f"completed{why}.")

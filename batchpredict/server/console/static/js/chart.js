@@ -1,8 +1,8 @@
 // A small line chart drawn as inline SVG: a rate (per second) over time. No library.
 
-import { fmtRate, h, svg } from "./ui.js";
+import { fmtDuration, fmtRate, h, svg } from "./ui.js";
 
-const W = 560;
+const DEFAULT_WIDTH = 560;
 const H = 170;
 const PAD = { left: 44, right: 12, top: 12, bottom: 24 };
 
@@ -15,9 +15,11 @@ function niceMax(v) {
 
 /**
  * A <figure> with a chart of `points` ([{t: seconds since start, v: value}]) and a caption with
- * the latest value. `series` picks the colour (CSS class series-NAME).
+ * the latest value. `series` picks the colour (CSS class series-NAME). `width` is the width it
+ * will be shown at (CSS px), so its labels keep their size on a phone as on a wide screen.
  */
-export function rateChart(id, title, unit, series, points, emptyText = "No samples yet.") {
+export function rateChart(id, title, unit, series, points, emptyText = "No samples yet.", width = DEFAULT_WIDTH) {
+  const W = Math.round(Math.min(900, Math.max(240, width)));
   const latest = points.length ? points[points.length - 1].v : null;
   const peak = points.reduce((m, p) => Math.max(m, p.v), 0);
   const figure = h("figure", { class: "chart", id });
@@ -44,7 +46,7 @@ export function rateChart(id, title, unit, series, points, emptyText = "No sampl
   chart.append(svg("text", { class: "chart-label", x: x0, y: H - 6 }, points.length ? "0 s" : ""));
   if (points.length > 1) {
     chart.append(svg("text", { class: "chart-label", x: x1, y: H - 6, "text-anchor": "end" },
-      `${Math.round(tMax - tMin)} s`));
+      fmtDuration((tMax - tMin) * 1000)));
     const line = points.map((p) => `${xs(p.t).toFixed(1)},${ys(p.v).toFixed(1)}`).join(" ");
     chart.append(svg("polygon", {
       class: `chart-area series-${series}`,
@@ -62,6 +64,7 @@ export function rateChart(id, title, unit, series, points, emptyText = "No sampl
 /**
  * Rates from cumulative samples ([{t, done, tokens}]), each over the samples of the last
  * `windowSeconds`, so steps in the counts (tokens are counted when a chunk is committed) smooth out.
+ * The first interval's rate is also drawn at its start: two samples make a (flat) line.
  */
 export function ratesOf(samples, windowSeconds = 5) {
   const rows = [];
@@ -72,8 +75,42 @@ export function ratesOf(samples, windowSeconds = 5) {
     const dt = samples[i].t - samples[j].t;
     if (dt <= 0) continue;
     const t = samples[i].t - samples[0].t;
-    rows.push({ t, v: Math.max(0, (samples[i].done - samples[j].done) / dt) });
-    tokens.push({ t, v: Math.max(0, (samples[i].tokens - samples[j].tokens) / dt) });
+    const r = { t, v: Math.max(0, (samples[i].done - samples[j].done) / dt) };
+    const k = { t, v: Math.max(0, (samples[i].tokens - samples[j].tokens) / dt) };
+    if (!rows.length) {
+      rows.push({ ...r, t: samples[j].t - samples[0].t });
+      tokens.push({ ...k, t: samples[j].t - samples[0].t });
+    }
+    rows.push(r);
+    tokens.push(k);
   }
   return { rows, tokens };
+}
+
+/** Samples from GET /batchpredict/v1/{job}/progressHistory: [{t: unix seconds, done, tokens}]. */
+export function samplesOf(history) {
+  return (history.samples || []).map((s) => ({
+    t: new Date(s.time).getTime() / 1000,
+    done: Number(s.doneCount),
+    tokens: Number(s.totalTokenCount),
+  })).filter((s) => isFinite(s.t) && isFinite(s.done) && isFinite(s.tokens));
+}
+
+/**
+ * A steady rows/s for an ETA: rows over time with older intervals weighing less (by
+ * e^(-age/tau)). A run shorter than `tauSeconds` gets about its whole-run rate; a longer one the
+ * rate of about its last `tauSeconds`, so a burst of committed rows moves it little.
+ * null with fewer than two samples.
+ */
+export function steadyRate(samples, tauSeconds = 60) {
+  let rows = 0;
+  let seconds = 0;
+  for (let i = 1; i < samples.length; i++) {
+    const dt = samples[i].t - samples[i - 1].t;
+    if (!(dt > 0)) continue;
+    const decay = Math.exp(-dt / tauSeconds);
+    rows = rows * decay + Math.max(0, samples[i].done - samples[i - 1].done);
+    seconds = seconds * decay + dt;
+  }
+  return seconds > 0 ? rows / seconds : null;
 }

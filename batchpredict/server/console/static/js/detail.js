@@ -1,22 +1,30 @@
-// One job: GET /v1/{name} every second while it is active. Rows/s and tokens/s are computed from
-// those samples of the job resource (`progress.doneCount`, `progress.totalTokenCount`), so the
-// charts cover the time this page has been open. Failed rows come from
-// GET /batchpredict/v1/{name}/failedRows; the download from .../predictions.jsonl.
+// One job: GET /v1/{name} every second while it is active. Rows/s and tokens/s are drawn from
+// the history the server keeps with the job (GET /batchpredict/v1/{name}/progressHistory: its
+// committed counts every few seconds), so a finished job shows how it ran, and the ETA uses a
+// smoothed rate over that history. Failed rows come from GET /batchpredict/v1/{name}/failedRows;
+// the download from .../predictions.jsonl, offered only when the job has output lines.
 
 import { api, download, getToken } from "./api.js";
-import { rateChart, ratesOf } from "./chart.js";
+import { rateChart, ratesOf, samplesOf, steadyRate } from "./chart.js";
 import { go } from "./nav.js";
 import { cliSnippet, curlSnippet, sdkSnippet } from "./snippets.js";
 import {
   confirmDialog, copyText, errorBox, fmtDuration, fmtInt, fmtRate, h, isActive, jobCounts,
-  jobId, progressBar, replace, shortModel, since, stateBadge, timeEl, toast,
+  jobDuration, jobId, progressBar, replace, shortModel, since, stateBadge, timeEl, toast,
 } from "./ui.js";
 
 const POLL_MS = 1000;
+const HISTORY_MS = 2000; // the server adds a sample every few seconds
 const FAILED_ROWS = 10;
-const MAX_SAMPLES = 600;
-/** Samples survive navigating away and back (not a reload). */
-const samplesByJob = new Map();
+/** [header, header class, cell class] of the failed rows table. */
+const FAILED_COLUMNS = [
+  ["Output line", "num", "num"], ["Your fields", null, "mono small"],
+  ["Status", null, "failed-status"], ["Request", null, null],
+];
+/** google.rpc.Code names, for partialFailures. */
+const CODES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+  "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+  "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"];
 
 function stat(label, value, cls = "") {
   return h("div", { class: `stat ${cls}` }, h("dt", {}, label), h("dd", {}, value));
@@ -41,8 +49,9 @@ export function statusMessage(status) {
 
 export function detailView(root, name) {
   document.title = `Job ${jobId(name)} · batchpredict`;
-  const samples = samplesByJob.get(name) || [];
-  samplesByJob.set(name, samples);
+  let samples = [];
+  let historyAt = 0;
+  let historyFor = "";
   let job = null;
   let timer = null;
   let alive = true;
@@ -60,6 +69,7 @@ export function detailView(root, name) {
   const cancelButton = h("button", { type: "button", class: "danger", id: "cancel-job", hidden: true }, "Cancel job");
   const deleteButton = h("button", { type: "button", class: "danger", id: "delete-job", hidden: true }, "Delete job");
   const errorEl = h("div");
+  const partialEl = h("section", { class: "panel", id: "partial-failures", "aria-labelledby": "partial-title", hidden: true });
   const progressEl = h("div", { class: "panel", id: "progress-panel" });
   const timelineEl = h("div", { class: "panel", id: "timeline" });
   const rowsEl = h("div", { class: "panel", id: "rows-panel" });
@@ -77,6 +87,7 @@ export function detailView(root, name) {
       h("div", {}, h("div", { class: "title-row" }, title, badge), sub),
       h("div", { class: "actions" }, downloadLink, cancelButton, deleteButton)),
     errorEl,
+    partialEl,
     progressEl,
     h("div", { class: "grid" }, timelineEl, rowsEl, usageEl),
     h("section", { class: "panel", "aria-labelledby": "throughput-title" },
@@ -124,7 +135,10 @@ export function detailView(root, name) {
     const active = isActive(job.state);
     cancelButton.hidden = !["JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_QUEUED"].includes(job.state);
     deleteButton.hidden = active;
-    downloadLink.hidden = !(job.outputInfo && job.outputInfo.gcsOutputDirectory);
+    // Only lines already committed are in the output: none, and there is nothing to download.
+    const c = jobCounts(job);
+    downloadLink.hidden = !(job.outputInfo && job.outputInfo.gcsOutputDirectory) ||
+      !job.completionStats || c.succeeded + c.failed === 0;
     downloadLink.textContent = active ? "Download rows so far" : "Download predictions.jsonl";
     if (job.error && job.error.message) {
       const kind = job.state === "JOB_STATE_CANCELLED" ? "info" : "error";
@@ -135,15 +149,26 @@ export function detailView(root, name) {
     }
   }
 
-  function currentRate() {
-    const { rows } = ratesOf(samples);
-    return rows.length ? rows[rows.length - 1].v : null;
+  /** google.rpc.Status list of the resource: up to 20 {code, message} (rows that failed). */
+  function renderPartialFailures() {
+    const list = Array.isArray(job.partialFailures) ? job.partialFailures : [];
+    partialEl.hidden = !list.length;
+    if (!list.length) return;
+    replace(partialEl,
+      h("h2", { id: "partial-title" }, "Partial failures"),
+      h("p", { class: "hint" }, `The first ${list.length} errors the job reported (partialFailures).`),
+      h("ol", { class: "partial-failures" }, list.map((st) => {
+        const code = Number(st.code) || 0;
+        return h("li", {},
+          h("span", { class: "code" }, `${CODES[code] || "CODE"} (${code})`), ": ",
+          st.message || "(no message)");
+      })));
   }
 
   function renderProgress() {
     const c = jobCounts(job);
     const { bar, pct, text } = progressBar(job, { big: true, label: "Rows done" });
-    const rate = isActive(job.state) ? currentRate() : null;
+    const rate = job.state === "JOB_STATE_RUNNING" ? steadyRate(samples) : null;
     const extra = [];
     if (rate !== null) extra.push(`${fmtRate(rate)} rows/s`);
     if (rate && c.total) extra.push(`about ${fmtDuration(((c.total - c.done) / rate) * 1000)} left`);
@@ -184,16 +209,19 @@ export function detailView(root, name) {
   function renderCharts() {
     const { rows, tokens } = ratesOf(samples);
     const empty = isActive(job.state)
-      ? "Samples appear here while the job runs and this page is open."
-      : "Not sampled: this page was not open while the job ran.";
+      ? "Samples appear here every few seconds while the job runs."
+      : "No samples: the job did not run long enough to record any.";
+    // As .charts lays them out: two side by side from 2 x 320 px (and the 1 rem gap) up.
+    const room = chartsEl.clientWidth || 560;
+    const width = room >= 656 ? (room - 16) / 2 : room;
     replace(chartsEl,
-      rateChart("chart-rows", "Rows per second", "rows/s", "rows", rows, empty),
-      rateChart("chart-tokens", "Tokens per second", "tokens/s", "tokens", tokens, empty));
+      rateChart("chart-rows", "Rows per second", "rows/s", "rows", rows, empty, width),
+      rateChart("chart-tokens", "Tokens per second", "tokens/s", "tokens", tokens, empty, width));
     const c = jobCounts(job);
-    const ran = job.startTime ? since(job.startTime, job.endTime || new Date().toISOString()) : null;
+    const ran = jobDuration(job);
     const avg = ran && ran > 0 ? ` Over the whole run: ${fmtRate(c.done / (ran / 1000))} rows/s, ` +
       `${fmtRate(c.totalTokens / (ran / 1000))} tokens/s.` : "";
-    averagesEl.textContent = "Sampled from the job resource every second while this page is open " +
+    averagesEl.textContent = "Recorded by the server as the job commits rows, every few seconds " +
       "(tokens are counted as rows are committed)." + avg;
   }
 
@@ -259,25 +287,29 @@ export function detailView(root, name) {
     const rows = data.failedRows || [];
     replace(failedEl,
       h("p", { class: "hint" }, `${fmtInt(c.failed)} rows failed. The first ${rows.length}, as written in the output:`),
-      h("div", { class: "table-wrap" }, h("table", { id: "failed-table" },
+      h("div", { class: "table-wrap" }, h("table", { id: "failed-table", role: "table" },
         h("caption", { class: "sr-only" }, "Failed rows"),
-        h("thead", {}, h("tr", {},
-          h("th", { scope: "col", class: "num" }, "Output line"), h("th", { scope: "col" }, "Your fields"),
-          h("th", { scope: "col" }, "Status"), h("th", { scope: "col" }, "Request"))),
-        h("tbody", {}, rows.map((r) => {
+        h("thead", { role: "rowgroup" }, h("tr", { role: "row" },
+          FAILED_COLUMNS.map(([label, cls]) => h("th", { scope: "col", role: "columnheader", class: cls }, label)))),
+        h("tbody", { role: "rowgroup" }, rows.map((r) => {
           const { outputLine, status, request, response, processed_time: when, ...extras } = r;
           void response; void when;
           const m = statusMessage(status);
-          return h("tr", {},
-            h("td", { class: "num" }, String(outputLine)),
-            h("td", { class: "mono small" }, Object.keys(extras).length ? JSON.stringify(extras) : "–"),
-            h("td", { class: "failed-status" }, m.head ? h("strong", {}, `${m.head}${m.code ? ` (${m.code})` : ""}: `) : null, m.message),
-            h("td", {}, h("details", {}, h("summary", {}, "Show"), h("pre", { class: "json" }, JSON.stringify(request, null, 2)))));
+          const cells = [
+            String(outputLine),
+            Object.keys(extras).length ? JSON.stringify(extras) : "–",
+            [m.head ? h("strong", {}, `${m.head}${m.code ? ` (${m.code})` : ""}: `) : null, m.message],
+            h("details", {}, h("summary", {}, "Show"), h("pre", { class: "json" }, JSON.stringify(request, null, 2))),
+          ];
+          return h("tr", { role: "row" }, cells.map((content, i) => h("td", {
+            role: "cell", class: FAILED_COLUMNS[i][2], "data-label": FAILED_COLUMNS[i][0],
+          }, content)));
         })))));
   }
 
   function render() {
     renderHead();
+    renderPartialFailures();
     renderProgress();
     renderTimeline();
     renderStats();
@@ -302,11 +334,8 @@ export function detailView(root, name) {
       return;
     }
     if (!alive) return;
-    const c = jobCounts(job);
-    if (job.state === "JOB_STATE_RUNNING") {
-      samples.push({ t: performance.now() / 1000, done: c.done, tokens: c.totalTokens });
-      if (samples.length > MAX_SAMPLES) samples.splice(0, samples.length - MAX_SAMPLES);
-    }
+    await loadHistory();
+    if (!alive) return;
     render();
     const active = isActive(job.state);
     await renderFailed(!active);
@@ -314,6 +343,33 @@ export function detailView(root, name) {
     if (alive && active) timer = setTimeout(refresh, POLL_MS);
   }
 
+  /** The server's samples: every few seconds while the job runs, once more when it ends. */
+  async function loadHistory() {
+    if (!job.startTime) return;
+    const key = isActive(job.state) ? "active" : job.state;
+    if (key === historyFor && (key !== "active" || Date.now() - historyAt < HISTORY_MS)) return;
+    try {
+      samples = samplesOf(await api(`/batchpredict/v1/${name}/progressHistory`));
+      historyFor = key;
+      historyAt = Date.now();
+    } catch {
+      historyAt = Date.now(); // the charts say there are no samples; the page goes on
+    }
+  }
+
+  // The charts are drawn for their width: draw them again when it changes.
+  let resized = null;
+  const onResize = () => {
+    clearTimeout(resized);
+    resized = setTimeout(() => { if (job && alive) renderCharts(); }, 150);
+  };
+  window.addEventListener("resize", onResize);
+
   refresh();
-  return () => { alive = false; clearTimeout(timer); };
+  return () => {
+    alive = false;
+    clearTimeout(timer);
+    clearTimeout(resized);
+    window.removeEventListener("resize", onResize);
+  };
 }

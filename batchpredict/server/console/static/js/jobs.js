@@ -1,12 +1,15 @@
 // The jobs list: GET /v1/batchPredictionJobs?filter=&pageSize=&pageToken= (every project the
-// caller may use), newest first. Filters are written in the API's own syntax, and shown.
+// caller may use), newest first. Filters are written in the API's own syntax, and shown; a
+// caller that sees several projects (GET /batchpredict/v1/defaults) can pick one, which filters
+// on the job's name (name:"projects/P/*": every location of it).
 // Refreshes every 2 s while a job on the page is pending or running, else every 15 s.
+// On a narrow screen each row is a card (CSS), each cell labelled by its column (data-label).
 
-import { api } from "./api.js";
+import { api, onTokenChange } from "./api.js";
 import { go } from "./nav.js";
 import {
-  consoleUrl, errorBox, field, fmtInt, h, isActive, jobCounts, jobId, progressBar, replace,
-  shortModel, stateBadge, timeEl,
+  consoleUrl, ellipsis, errorBox, field, fmtDuration, fmtInt, h, isActive, jobCounts, jobDuration,
+  jobId, modelEl, progressBar, replace, stateBadge, timeEl,
 } from "./ui.js";
 
 const STATES = ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED"];
@@ -14,24 +17,43 @@ const PAGE_SIZES = [10, 25, 50, 100];
 const FAST_MS = 2000;
 const SLOW_MS = 15000;
 
-/** The API filter for the form's choices: state="JOB_STATE_X" AND display_name:"name*". */
-export function buildFilter(state, name) {
+const quote = (text) => text.replace(/\\/g, "\\\\").replace(/"/g, '\\"');
+
+/**
+ * The API filter for the form's choices:
+ * name:"projects/P/*" AND state="JOB_STATE_X" AND display_name:"name*".
+ */
+export function buildFilter(state, name, project = "") {
   const parts = [];
+  if (project) parts.push(`name:"projects/${quote(project)}/*"`);
   if (state) parts.push(`state="JOB_STATE_${state}"`);
-  if (name) {
-    const quoted = name.replace(/\\/g, "\\\\").replace(/"/g, '\\"');
-    parts.push(`display_name:"${quoted}${name.includes("*") ? "" : "*"}"`);
-  }
+  if (name) parts.push(`display_name:"${quote(name)}${name.includes("*") ? "" : "*"}"`);
   return parts.join(" AND ");
 }
+
+/** The projects the caller may pick from (asked once per token). */
+let projectChoices = null;
+onTokenChange(() => { projectChoices = null; });
+function loadProjects() {
+  projectChoices = projectChoices || api("/batchpredict/v1/defaults")
+    .then((d) => d.projects || [])
+    .catch(() => { projectChoices = null; return []; });
+  return projectChoices;
+}
+
+const COLUMNS = [
+  ["Job", ""], ["Model", ""], ["State", ""], ["Progress", ""], ["Succeeded", "num"],
+  ["Failed", "num"], ["Incomplete", "num"], ["Duration", "num"], ["Created", ""], ["Ended", ""],
+];
 
 export function jobsView(root, params) {
   document.title = "Jobs · batchpredict";
   const state = STATES.includes(params.get("state")) ? params.get("state") : "";
   const name = params.get("name") || "";
+  const project = params.get("project") || "";
   const pageSize = PAGE_SIZES.includes(Number(params.get("pageSize")))
     ? Number(params.get("pageSize")) : 25;
-  const filter = buildFilter(state, name);
+  const filter = buildFilter(state, name, project);
   const tokens = [""]; // page tokens of the pages seen, to go back
   let page = 0;
   let timer = null;
@@ -46,7 +68,18 @@ export function jobsView(root, params) {
   });
   const sizeSelect = h("select", { name: "pageSize" },
     PAGE_SIZES.map((n) => h("option", { value: n, selected: n === pageSize }, String(n))));
+  const projectSelect = h("select", { name: "project" });
+  const projectField = field("filter-project", "Project", projectSelect);
+  function showProjects(projects) {
+    const all = project && !projects.includes(project) ? [...projects, project].sort() : projects;
+    replace(projectSelect, h("option", { value: "" }, "All projects"),
+      all.map((p) => h("option", { value: p, selected: p === project }, p)));
+    projectField.hidden = all.length < 2 && !project;
+  }
+  showProjects([]);
+  loadProjects().then((projects) => { if (alive) showProjects(projects); });
   const form = h("form", { class: "toolbar", role: "search", "aria-label": "Filter jobs" },
+    projectField,
     field("filter-state", "State", stateSelect),
     field("filter-name", "Name starts with", nameInput),
     field("filter-size", "Per page", sizeSelect),
@@ -55,6 +88,7 @@ export function jobsView(root, params) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const q = new URLSearchParams();
+    if (projectSelect.value) q.set("project", projectSelect.value);
     if (stateSelect.value) q.set("state", stateSelect.value);
     if (nameInput.value.trim()) q.set("name", nameInput.value.trim());
     if (Number(sizeSelect.value) !== 25) q.set("pageSize", sizeSelect.value);
@@ -63,9 +97,10 @@ export function jobsView(root, params) {
     go(`/console/${qs ? `?${qs}` : ""}`, { focusId: form.contains(focused) ? focused.id : null });
   });
   stateSelect.addEventListener("change", () => form.requestSubmit());
+  projectSelect.addEventListener("change", () => form.requestSubmit());
   sizeSelect.addEventListener("change", () => form.requestSubmit());
 
-  const tbody = h("tbody");
+  const tbody = h("tbody", { role: "rowgroup" });
   const message = h("div");
   const refreshNote = h("span", { class: "refresh-note", "aria-live": "off" });
   const newer = h("button", { type: "button", onclick: () => { page -= 1; load(); } }, "← Newer");
@@ -82,32 +117,36 @@ export function jobsView(root, params) {
       filter ? h("code", { id: "active-filter" }, filter) : h("span", {}, "none"), " ", refreshNote),
     message,
     h("div", { class: "table-wrap" },
-      h("table", { id: "jobs-table" },
+      // Explicit roles: the narrow layout (display: grid on rows) would drop them in some browsers.
+      h("table", { id: "jobs-table", role: "table" },
         h("caption", { class: "sr-only" }, "Batch prediction jobs"),
-        h("thead", {}, h("tr", {},
-          h("th", { scope: "col" }, "Job"), h("th", { scope: "col" }, "Model"),
-          h("th", { scope: "col" }, "State"), h("th", { scope: "col" }, "Progress"),
-          h("th", { scope: "col", class: "num" }, "Succeeded"), h("th", { scope: "col", class: "num" }, "Failed"),
-          h("th", { scope: "col", class: "num" }, "Incomplete"),
-          h("th", { scope: "col" }, "Created"), h("th", { scope: "col" }, "Ended"))),
+        h("thead", { role: "rowgroup" }, h("tr", { role: "row" },
+          COLUMNS.map(([label, cls]) => h("th", { scope: "col", role: "columnheader", class: cls || null }, label)))),
         tbody)),
     h("nav", { class: "pager", "aria-label": "Pages" }, pageLabel, newer, older));
 
   function row(job) {
     const c = jobCounts(job);
     const { bar, text } = progressBar(job, { label: `Progress of ${job.displayName}` });
-    return h("tr", { dataset: { job: job.name } },
-      h("td", {},
-        h("a", { class: "job-link", href: consoleUrl(job.name), "data-link": true }, job.displayName),
-        h("div", { class: "muted small mono" }, `${jobId(job.name)} · ${job.name.split("/")[1]}`)),
-      h("td", { title: job.model }, shortModel(job.model)),
-      h("td", {}, stateBadge(job.state)),
-      h("td", { class: "progress" }, bar, h("div", { class: "progress-text" }, text)),
-      h("td", { class: "num" }, job.completionStats ? fmtInt(c.succeeded) : "–"),
-      h("td", { class: "num" }, job.completionStats ? fmtInt(c.failed) : "–"),
-      h("td", { class: "num" }, job.completionStats ? fmtInt(c.incomplete) : "–"),
-      h("td", { class: "when" }, timeEl(job.createTime)),
-      h("td", { class: "when" }, timeEl(job.endTime)));
+    const ran = jobDuration(job);
+    const cells = [
+      ["col-job", [
+        h("a", { class: "job-link ellipsis", href: consoleUrl(job.name), "data-link": true, title: job.displayName }, job.displayName),
+        ellipsis(`${jobId(job.name)} · ${job.name.split("/")[1]}`, job.name, { class: "muted small mono" })]],
+      ["col-model", modelEl(job.model)],
+      ["col-state", stateBadge(job.state)],
+      ["col-progress progress", [bar, h("div", { class: "progress-text" }, text)]],
+      ["num", job.completionStats ? fmtInt(c.succeeded) : "–"],
+      ["num", job.completionStats ? fmtInt(c.failed) : "–"],
+      ["num", job.completionStats ? fmtInt(c.incomplete) : "–"],
+      ["num duration", ran === null ? "–" : h("span", {
+        title: job.endTime ? "Ended − started" : "Running for (so far)",
+      }, fmtDuration(ran))],
+      ["when", timeEl(job.createTime)],
+      ["when", timeEl(job.endTime)],
+    ];
+    return h("tr", { role: "row", dataset: { job: job.name } }, cells.map(([cls, content], i) =>
+      h("td", { role: "cell", class: cls, "data-label": COLUMNS[i][0] }, content)));
   }
 
   async function load() {
@@ -133,7 +172,7 @@ export function jobsView(root, params) {
     const focused = document.activeElement && document.activeElement.closest("tr[data-job]");
     const focusedJob = focused ? focused.dataset.job : null;
     replace(tbody, jobs.length ? jobs.map(row)
-      : h("tr", {}, h("td", { colspan: 9, class: "empty" }, filter
+      : h("tr", {}, h("td", { colspan: COLUMNS.length, class: "empty" }, filter
         ? "No job matches this filter." : "No jobs yet. Create one to get started.")));
     if (focusedJob) {
       const link = tbody.querySelector(`tr[data-job="${CSS.escape(focusedJob)}"] a`);

@@ -72,7 +72,10 @@ export function fmtTime(iso) {
 
 export function timeEl(iso) {
   if (!iso) return h("span", { class: "muted", text: "–" });
-  return h("time", { datetime: iso, title: iso }, fmtTime(iso));
+  const [date, clock] = fmtTime(iso).split(" ");
+  // Two parts, so a narrow table can put the clock under the date (CSS).
+  return h("time", { datetime: iso, title: iso },
+    h("span", { class: "date" }, date), " ", h("span", { class: "clock" }, clock || ""));
 }
 
 export function fmtDuration(ms) {
@@ -86,6 +89,13 @@ export function fmtDuration(ms) {
 
 export const since = (a, b) => (a && b ? new Date(b) - new Date(a) : null);
 
+/** How long a job ran (endTime - startTime), or has run so far; null before it starts. */
+export function jobDuration(job, now = Date.now()) {
+  if (!job.startTime) return null;
+  const end = job.endTime ? new Date(job.endTime) : new Date(now);
+  return Math.max(0, end - new Date(job.startTime));
+}
+
 // -- jobs -------------------------------------------------------------------------------
 export const shortState = (state) => (state || "JOB_STATE_UNSPECIFIED").replace(/^JOB_STATE_/, "");
 const ACTIVE = new Set([
@@ -96,6 +106,13 @@ export const isActive = (state) => ACTIVE.has(state);
 export const jobId = (name) => name.split("/").pop();
 export const consoleUrl = (name) => `/console/${name}`;
 export const shortModel = (model) => (model || "").replace(/^publishers\/google\/models\//, "");
+
+/** Text cut to one line with an ellipsis (CSS), whole in its tooltip. */
+export const ellipsis = (text, title = text, props = {}) =>
+  h("span", { ...props, class: `ellipsis ${props.class || ""}`.trim(), title }, text);
+
+/** A model name for tables: short, one line, the full resource name in its tooltip. */
+export const modelEl = (model) => ellipsis(shortModel(model), model, { class: "model-name" });
 
 /** Numbers from a BatchPredictionJob resource (int64 fields arrive as strings). */
 export function jobCounts(job) {
