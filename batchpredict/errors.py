@@ -40,6 +40,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "error_for_http_status",
+    "plural",
 ]
 
 
@@ -170,3 +171,8 @@ def error_for_http_status(http_code: int, message: str) -> BatchPredictError:
     else:
         cls = Internal
     return cls(message, http_code=http_code)
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 row', '2 rows', '0 rows': counts in messages read as English."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"

@@ -21,7 +21,7 @@ import orjson
 
 from batchpredict import storage
 from batchpredict.config import RunnerSettings
-from batchpredict.errors import BatchPredictError, InvalidArgument
+from batchpredict.errors import BatchPredictError, InvalidArgument, plural
 from batchpredict.schema import GenerateContentRequest, parse_request
 
 __all__ = [
@@ -216,9 +216,12 @@ class InputReport:
         """One sentence for an error reply: how many lines are bad, and the first of them."""
         first = self.problems[0] if self.problems else None
         example = f" First: {first['message']}" if first else ""
+        bad = ("1 is not a valid request" if self.invalid == 1
+               else f"{self.invalid} are not valid requests")
+        fix = "Fix it" if self.invalid == 1 else "Fix them"
         return (
-            f"{self.invalid} of {self.rows} lines are not valid requests.{example} Fix them, or "
-            "upload with allowInvalidLines=true: each then becomes a failed row of the job."
+            f"Of {plural(self.rows, 'line')}, {bad}.{example} {fix}, or upload with "
+            "allowInvalidLines=true: each bad line then becomes a failed row of the job."
         )
 
 

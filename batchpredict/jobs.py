@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "MAX_PARTIAL_FAILURES",
     "PROGRESS_HISTORY_MAX",
     "PROGRESS_HISTORY_STEP",
     "TERMINAL_STATES",
@@ -111,6 +112,10 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: Vertex's partialFailures never exceeds 20 entries.
+MAX_PARTIAL_FAILURES = 20
+
+
 class RunsIn(StrEnum):
     """Who runs a job. Every job is submitted through the one job service; this says which
     scheduler may then start it."""
@@ -155,6 +160,9 @@ class Checkpoint:
     #: "running" while rows flow; "assembling" once every chunk is written and predictions.jsonl
     #: is being put together (a crash then only redoes the assembly).
     phase: str = "running"
+    #: Why the rows stopped, once assembling (a `runner.StopReason` value): a runner that takes
+    #: the job over mid-assembly ends it the same way.
+    stop_reason: str = ""
 
 
 @dataclass
@@ -185,6 +193,8 @@ class Job:
     runs_in: RunsIn = RunsIn.SCHEDULER
     #: The CLI's `run` finds an unfinished job with the same inputs, output and model by this.
     fingerprint: str | None = None
+    #: Errors of up to `MAX_PARTIAL_FAILURES` committed failed rows (google.rpc.Status).
+    partial_failures: list[dict[str, Any]] = field(default_factory=list)
     #: [unix seconds, done rows, total tokens] of committed rows, oldest first (record_progress).
     progress_history: list[list[float]] = field(default_factory=list)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +44,8 @@ __all__ = [
 PREDICTIONS = "predictions.jsonl"
 INCREMENTAL = "incremental_predictions"
 _CHUNK_RE = re.compile(r"predictions_(\d{12})-(\d{12})\.jsonl$")
+#: A local chunk's temporary file (storage.atomic), left behind by a writer killed mid-write.
+_STALE_TMP_RE = re.compile(r"predictions_\d{12}-\d{12}\.jsonl\.tmp-[0-9a-f]{8}$")
 
 
 def make_output_dir(prefix: str, now: datetime | None = None) -> str:
@@ -53,9 +56,18 @@ def make_output_dir(prefix: str, now: datetime | None = None) -> str:
     return storage.join(prefix, f"prediction-model-{stamp}")
 
 
+_stamp: list[Any] = [0, ""]  # the last millisecond formatted, and its text
+
+
 def processed_time() -> str:
-    """'2024-11-01T18:13:16.826+00:00': milliseconds and +00:00, as in Vertex's output lines."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """Now as '2024-11-01T18:13:16.826+00:00': milliseconds and +00:00, as in Vertex's output
+    lines. Each row is stamped when it was processed; rows within one millisecond share a text
+    (formatting is the costly part, so it is done once a millisecond)."""
+    ms = time.time_ns() // 1_000_000
+    if ms != _stamp[0]:
+        _stamp[0] = ms
+        _stamp[1] = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return _stamp[1]  # type: ignore[no-any-return]
 
 
 def success_line(
@@ -183,19 +195,32 @@ class ChunkedOutput:
     def write_chunk(self, first: int, last: int, data: bytes) -> None:
         storage.write_atomic(self.chunk_uri(first, last), data)
 
-    def chunks(self) -> list[Chunk]:
+    def chunks(self, remove_stale: bool = False) -> list[Chunk]:
+        """The chunk objects in row order. With `remove_stale` (only the job's runner, which
+        holds the job: no other writer is alive), temporary files of killed writers go too."""
         found = []
         for uri in storage.list_files(self.incremental_dir):
             m = _CHUNK_RE.search(uri)
             if m:
                 found.append(Chunk(int(m.group(1)), int(m.group(2)), uri))
+            elif remove_stale and _STALE_TMP_RE.search(uri):
+                storage.remove(uri)
         return sorted(found, key=lambda c: c.first)
+
+    def committed_count(self) -> int:
+        """Rows 0..n-1 that chunks cover without a gap: `committed()` without its clean-up."""
+        n = 0
+        for chunk in self.chunks():
+            if chunk.first != n:
+                break
+            n = chunk.last + 1
+        return n
 
     def committed(self) -> tuple[int, list[Chunk]]:
         """Rows 0..n-1 that chunks cover without a gap, and those chunks. Chunks past a gap
         (only a crash during a final, gappy flush leaves them) are dropped: their rows rerun."""
         n, kept = 0, []
-        for chunk in self.chunks():
+        for chunk in self.chunks(remove_stale=True):
             if chunk.first == n:
                 kept.append(chunk)
                 n = chunk.last + 1

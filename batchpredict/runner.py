@@ -33,9 +33,15 @@ from batchpredict import output
 from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.config import RunnerSettings
-from batchpredict.errors import BatchPredictError, Cancelled, DeadlineExceeded, InvalidArgument
+from batchpredict.errors import (
+    BatchPredictError,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    plural,
+)
 from batchpredict.input import Row, count_rows, estimate_rows, iter_rows
-from batchpredict.jobs import Job, JobState, RowCounts, utcnow
+from batchpredict.jobs import MAX_PARTIAL_FAILURES, Job, JobState, RowCounts, utcnow
 from batchpredict.store.base import JobStore
 
 __all__ = ["JobRunner", "Progress", "StopReason"]
@@ -96,6 +102,9 @@ class JobRunner:
             await asyncio.to_thread(self._start)
         except BatchPredictError as exc:
             return await self._fail(exc)
+        if self.job.checkpoint.phase == "assembling":
+            # a runner died after the last chunk: finish as it would have, no row runs again
+            return await self._conclude(StopReason(self.job.checkpoint.stop_reason or "done"))
         try:
             reason = await self._stream()
         except BatchPredictError as exc:
@@ -108,7 +117,10 @@ class JobRunner:
         if not job.output_dir:
             job.output_dir = output.make_output_dir(job.output_prefix)
         self.out = output.ChunkedOutput(job.output_dir)
-        committed, chunks = self.out.committed()
+        if job.checkpoint.phase == "assembling":
+            committed = job.checkpoint.committed_rows  # the chunks may be assembled away
+        else:
+            committed, chunks = self.out.committed()
         if committed != job.checkpoint.committed_rows:
             # The chunks are the truth: a crash came between a chunk and its checkpoint.
             job.counts = output.ChunkedOutput.recount(chunks)
@@ -116,6 +128,7 @@ class JobRunner:
 
         def start(j: Job) -> None:
             j.checkpoint, j.counts, j.output_dir = job.checkpoint, job.counts, job.output_dir
+            j.partial_failures = job.partial_failures
             j.owner, j.heartbeat, j.error = self.owner, utcnow(), None
 
         self.job = self.store.transition(job.id, S.JOB_STATE_RUNNING, start)
@@ -123,6 +136,8 @@ class JobRunner:
     async def _stream(self) -> StopReason:
         """Rows in, lines out, until the input ends or something stops the job."""
         self.buffer = output.OrderedChunkBuffer(self.job.checkpoint.committed_rows)
+        #: errors of failed rows not yet committed, for partialFailures (bounded)
+        self.failures: dict[int, dict[str, Any]] = {}
         self.live = RowCounts()
         self.live.add(self.job.counts)
         self.progressed = asyncio.Event()
@@ -212,10 +227,9 @@ class JobRunner:
                     break
                 next_read = batch[-1].index + 1
                 good = []
-                when = output.processed_time()
                 for row in batch:
                     if row.error is not None:
-                        self._deliver(row, row.error, when)
+                        self._deliver(row, row.error)
                     else:
                         good.append(row)
                 for i in range(0, len(good), batch_size):
@@ -238,20 +252,24 @@ class JobRunner:
             results = await generate_per_row(
                 self.backend, [row.parsed for row in batch]  # type: ignore[misc]
             )
-            when = output.processed_time()  # one clock read per batch: they ended together
             for row, result in zip(batch, results, strict=True):
-                self._deliver(row, result, when)
+                self._deliver(row, result)
             self._delivered()
         finally:
             slots.release()
 
     # -- lines out ------------------------------------------------------------------------
-    def _deliver(self, row: Row, result: dict[str, Any] | BatchPredictError, when: str) -> None:
-        live = self.live
+    def _deliver(self, row: Row, result: dict[str, Any] | BatchPredictError) -> None:
+        """One row's output line, stamped with when it was processed."""
+        live, when = self.live, output.processed_time()
         if isinstance(result, BatchPredictError):
             line = output.error_line(row.extras, row.request, result, when)
             self.buffer.add(row.index, (line, False, 0, 0))
             live.failed += 1
+            if len(self.job.partial_failures) + len(self.failures) < MAX_PARTIAL_FAILURES:
+                status = result.to_job_error()
+                status["message"] = f"Output line {row.index + 1}: {status['message']}"
+                self.failures[row.index] = status
             return
         usage = result.get("usageMetadata") or {}
         prompt = int(usage.get("promptTokenCount") or 0)
@@ -282,8 +300,11 @@ class JobRunner:
         self.last_flush = time.monotonic()
         job = self.job
         for first, lines, counts in self.buffer.take(contiguous_only):
-            await self._write_chunk(first, first + len(lines) - 1, b"".join(lines))
+            last = first + len(lines) - 1
+            await self._write_chunk(first, last, b"".join(lines))
             job.counts.add(counts)
+            for index in sorted(i for i in self.failures if first <= i <= last):
+                job.partial_failures.append(self.failures.pop(index))
             if first == job.checkpoint.committed_rows:
                 job.checkpoint.committed_rows = first + len(lines)
         job.record_progress(utcnow())  # the console's throughput charts read this history
@@ -320,17 +341,18 @@ class JobRunner:
                     count_rows, self.job.checkpoint.inputs, self.settings.max_line_bytes
                 )
             await self._flush(contiguous_only=reason == StopReason.DONE)
-        await self._assemble()
+        await self._assemble(reason)
         state, error = self._verdict(reason)
         if state == S.JOB_STATE_CANCELLED and self.job.state == S.JOB_STATE_RUNNING:
             await asyncio.to_thread(self.store.transition, self.job.id, S.JOB_STATE_CANCELLING)
         return await self._end(state, error)
 
-    async def _assemble(self) -> None:
+    async def _assemble(self, reason: StopReason) -> None:
         job = self.job
         if self.out is None and job.output_dir:
             self.out = output.ChunkedOutput(job.output_dir)
         job.checkpoint.phase = "assembling"
+        job.checkpoint.stop_reason = reason.value
         await asyncio.to_thread(self.store.save_progress, job)
         if self.out is not None:
             await asyncio.to_thread(self.out.assemble)
@@ -348,8 +370,8 @@ class JobRunner:
             hours = self.settings.time_limit_seconds / 3600
             return S.JOB_STATE_FAILED, DeadlineExceeded(
                 f"The job did not finish within its time limit of {hours:g} hours after it "
-                f"started running; {job.counts.done} completed rows were exported and "
-                f"{self._incomplete()} rows were not processed."
+                f"started running; {plural(job.counts.done, 'completed row')} exported and "
+                f"{plural(self._incomplete(), 'row')} not processed."
             )
         if not job.total_rows:
             return S.JOB_STATE_FAILED, InvalidArgument(
@@ -358,7 +380,7 @@ class JobRunner:
             )
         if job.counts.succeeded == 0:
             return S.JOB_STATE_FAILED, InvalidArgument(
-                f"All {job.counts.failed} rows failed; see the status field of each line in "
+                f"{_all_failed(job.counts.failed)}; see the status field of each line in "
                 f"{job.output_dir}/predictions.jsonl."
             )
         return S.JOB_STATE_SUCCEEDED, None
@@ -382,8 +404,13 @@ class JobRunner:
         def finish(j: Job) -> None:
             j.counts, j.checkpoint, j.total_rows = job.counts, job.checkpoint, job.total_rows
             j.output_dir, j.incomplete = job.output_dir, incomplete
+            j.partial_failures = job.partial_failures
             j.error = error.to_job_error() if error else None
 
         self.job = await asyncio.to_thread(self.store.transition, job.id, state, finish)
         self._report()
         return self.job
+
+
+def _all_failed(n: int) -> str:
+    return "The only row failed" if n == 1 else f"All {n} rows failed"

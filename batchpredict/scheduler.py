@@ -62,8 +62,6 @@ class Scheduler:
         self.runner_settings = settings.runner_settings()
         self.scan_seconds = max(settings.poll_seconds, SCAN_SECONDS)
         self.owner = owner_id()
-        #: Live progress of the jobs running here (rows answered, committed or not).
-        self.progress: dict[int, Progress] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._interrupt = asyncio.Event()
         self._wake = asyncio.Event()
@@ -197,7 +195,6 @@ class Scheduler:
                                               f"{exc}. Completed rows are in its output folder."))
         finally:
             self._tasks.pop(job.id, None)
-            self.progress.pop(job.id, None)
             self.wake()
 
     async def _claim_and_run(self, job: Job) -> None:
@@ -206,11 +203,7 @@ class Scheduler:
         )
         if claimed is None:
             return
-
-        def on_progress(p: Progress) -> None:
-            self.progress[job.id] = p
-
-        final = await self._run_claimed(claimed, on_progress, self._interrupt)
+        final = await self._run_claimed(claimed, None, self._interrupt)
         log.info("job %s ended %s", job.id, final.state.value)
 
     async def run_here(

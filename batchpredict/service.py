@@ -1,7 +1,7 @@
 """The one job service: every face (CLI, Vertex REST, console, the faces to come) goes through it.
 
     submit    validate, resolve the model, check inputs and output prefix, store PENDING
-    get / list / cancel / delete / progress
+    get / list / cancel / delete   (a job's progress is its committed counts: `Job.counts`)
     output    the one reader of a job's predictions (downloads, failed rows)
     validate_inputs / validate_upload / store_upload / defaults   what a create form needs
 
@@ -31,7 +31,6 @@ from batchpredict.config import DEFAULT_LOCATION, Settings
 from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
 from batchpredict.jobs import Job, RunsIn
 from batchpredict.output import ChunkedOutput, OutputReader
-from batchpredict.runner import Progress
 from batchpredict.scheduler import Scheduler
 from batchpredict.store.base import JobStore
 
@@ -179,10 +178,6 @@ class JobService:
             raise NotFound(f"BatchPredictionJob {job_id} was not found.")
         return job
 
-    def progress(self, job: Job) -> Progress | None:
-        """Live progress of a job running in this process (rows answered, committed or not)."""
-        return self.scheduler.progress.get(job.id)
-
     async def list(
         self,
         scope: Scope,
@@ -229,7 +224,7 @@ class JobService:
         if not job.output_dir:
             return job.counts.done
         out = ChunkedOutput(job.output_dir)
-        return (await asyncio.to_thread(out.committed))[0]
+        return await asyncio.to_thread(out.committed_count)
 
     async def output(self, scope: Scope, job_id: int) -> tuple[Job, OutputReader]:
         """A job and the reader of its output so far."""

@@ -282,6 +282,11 @@ class ModelRegistry:
         return cls(entries, source=path)
 
     def resolve(self, model: str) -> ModelEntry:
+        if any(c in model for c in "*?["):
+            raise InvalidArgument(
+                f"Model {model!r} is a pattern, not a model: name one model it matches, e.g. "
+                f"{_example(model)!r}. `batchpredict models list` shows the registry."
+            )
         for entry in self.entries:
             if entry.matches(model):
                 return entry
@@ -319,8 +324,18 @@ class ModelRegistry:
         self._backends.clear()
 
     def describe(self) -> list[dict[str, Any]]:
+        """The entries in match order; `pattern` is true for a name that stands for many models
+        (a job names one model it matches, never the pattern)."""
         return [
             {"name": e.name, "backend": e.backend, "description": e.description,
-             "settings": e.summary(), "dedupe": e.dedupe}
+             "settings": e.summary(), "dedupe": e.dedupe,
+             "pattern": any(c in e.name for c in "*?[")}
             for e in self.entries
         ]
+
+
+def _example(pattern: str) -> str:
+    """A model name a pattern matches, for an error message: gemini-* -> gemini-2.5-flash."""
+    if pattern.startswith("gemini-"):
+        return "gemini-2.5-flash"
+    return pattern.replace("*", "name").replace("?", "x").split("[", 1)[0] or "my-model"

@@ -29,10 +29,12 @@ def models_list(as_json: bool) -> None:
         click.echo(orjson.dumps(entries, option=orjson.OPT_INDENT_2))
         return
     table = Table()
-    for col in ("model", "backend", "settings", "description"):
-        table.add_column(col)
+    table.add_column("model", overflow="fold")
+    for col in ("backend", "settings", "description"):
+        table.add_column(col, overflow="fold")
     for e in entries:
-        table.add_row(e["name"], e["backend"], e.get("settings", ""), e["description"])
+        name = f"{e['name']} (any name it matches)" if e["pattern"] else e["name"]
+        table.add_row(name, e["backend"], e.get("settings", ""), e["description"])
     out.print(table)
 
 

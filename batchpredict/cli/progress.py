@@ -97,13 +97,22 @@ def _rows_text(job: Job) -> str:
             f"{job.incomplete} incomplete")
 
 
-def print_summary(job: Job) -> None:
+def print_summary(job: Job, resume_command: str | None = None) -> None:
+    """What a run ended with; an interrupted run (still RUNNING) says so, counts the rows not
+    yet done, and gives the command that resumes it."""
+    interrupted = job.state == JobState.JOB_STATE_RUNNING
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     table.add_row("job", f"{job.id} ({job.display_name})")
-    table.add_row("state", state_text(job.state))
-    table.add_row("rows", _rows_text(job))
+    if interrupted:
+        table.add_row("state", "[yellow]INTERRUPTED[/] (resumable: completed rows are kept)")
+        left = "?" if job.total_rows is None else str(max(0, job.total_rows - job.counts.done))
+        table.add_row("rows", f"{job.counts.succeeded} succeeded, {job.counts.failed} failed, "
+                              f"{left} not done yet")
+    else:
+        table.add_row("state", state_text(job.state))
+        table.add_row("rows", _rows_text(job))
     table.add_row(
         "tokens",
         f"{job.counts.prompt_tokens} prompt + {job.counts.candidates_tokens} output = "
@@ -119,6 +128,8 @@ def print_summary(job: Job) -> None:
         # one unbroken line, so the path copies whole however narrow the terminal
         path = f"{job.output_dir}/predictions.jsonl" if job.state.is_terminal else job.output_dir
         out.print(f"output  {path}", soft_wrap=True, highlight=False)
+    if interrupted and resume_command:
+        out.print(f"resume  {resume_command}", soft_wrap=True, highlight=False)
 
 
 def print_job(job: Job) -> None:
@@ -146,8 +157,13 @@ def print_job(job: Job) -> None:
 def print_jobs_table(jobs: list[Job]) -> None:
     """A table of jobs, one per line."""
     table = Table()
-    for col in ("id", "display name", "model", "state", "succeeded", "failed", "created"):
-        table.add_column(col)
+    table.add_column("id", no_wrap=True)
+    table.add_column("display name", overflow="fold")
+    table.add_column("model", overflow="fold")  # whole, however narrow: never "gemini-2.…"
+    table.add_column("state", no_wrap=True)
+    for col in ("succeeded", "failed"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("created", overflow="fold")
     for j in jobs:
         pending = j.state == JobState.JOB_STATE_PENDING
         table.add_row(

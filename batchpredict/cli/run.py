@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -16,9 +17,11 @@ import time
 import click
 import orjson
 
+from batchpredict.cli import EXIT
 from batchpredict.cli.common import err, local_service
 from batchpredict.cli.progress import ProgressBar, print_summary
 from batchpredict.config import DEFAULT_MODEL, Settings
+from batchpredict.errors import plural
 from batchpredict.jobs import Job, JobState, RunsIn
 from batchpredict.service import JobRequest, JobService, Scope
 
@@ -70,11 +73,11 @@ def run(
         fingerprint=fingerprint(list(inputs), output, model),
     )
     final = asyncio.run(_submit_and_run(settings, request, quiet))
-    print_summary(final)
+    print_summary(final, resume_command=shlex.join(["batchpredict", *sys.argv[1:]]))
     if final.state == JobState.JOB_STATE_RUNNING:
-        err.print("Interrupted. Run the same command again to resume.")
-        sys.exit(130)
-    sys.exit(0 if final.state == JobState.JOB_STATE_SUCCEEDED else 1)
+        sys.exit(EXIT["interrupted"])
+    sys.exit(EXIT["succeeded"] if final.state == JobState.JOB_STATE_SUCCEEDED
+             else EXIT["job failed"])
 
 
 async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool) -> Job:
@@ -84,7 +87,8 @@ async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool) 
         job = await service.find_resumable(request.fingerprint)
         if job is not None:
             done = await service.committed_rows(job)
-            err.print(f"Resuming job {job.id} ({done} rows already done) into {job.output_dir}",
+            err.print(f"Resuming job {job.id} ({plural(done, 'row')} already done) into "
+                      f"{job.output_dir}",
                       highlight=False)
         else:
             job = await service.submit(Scope.local(), request)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,13 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchpredict.config import Settings
-from batchpredict.errors import BatchPredictError, Internal, InvalidArgument, error_for_http_status
+from batchpredict.errors import (
+    BatchPredictError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    error_for_http_status,
+)
 from batchpredict.server import console
 from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
 from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
@@ -159,12 +166,29 @@ def check_bind_address(settings: Settings, host: str) -> None:
         )
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A clear error, before anything starts, when the address is taken (uvicorn's own is a
+    raw OSError line after start-up)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Another program (another "
+                "`batchpredict serve`?) is using that port: stop it, or pass --port with a free "
+                "port."
+            ) from None
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "info") -> None:
     """Run the server until SIGINT/SIGTERM; shutdown interrupts runners, which keep their rows."""
     import uvicorn
 
     check_bind_address(settings, host)
+    check_port_free(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(

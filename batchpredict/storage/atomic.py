@@ -52,7 +52,7 @@ def open_atomic_writer(uri: str) -> Iterator[IO[bytes]]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         except OSError as exc:
-            raise translate_error(uri, exc) from exc
+            raise translate_error(uri, exc, writing=True) from exc
         return
     if scheme_of(uri) == "memory":
         # memory:// shows an object from the moment it is opened: buffer, then store it whole.
@@ -63,7 +63,7 @@ def open_atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     try:
         f = fs.open(path, "wb")
     except Exception as exc:
-        raise translate_error(uri, exc, fs) from exc
+        raise translate_error(uri, exc, fs, writing=True) from exc
     try:
         yield f
     except BaseException:
@@ -73,7 +73,7 @@ def open_atomic_writer(uri: str) -> Iterator[IO[bytes]]:
         f.close()  # one PUT, or the last part of a resumable/multipart upload: now it appears
     except Exception as exc:
         _discard(f)
-        raise translate_error(uri, exc, fs) from exc
+        raise translate_error(uri, exc, fs, writing=True) from exc
     finally:
         fs.invalidate_cache(path)
 

@@ -146,9 +146,10 @@ def list_files(prefix: str) -> list[str]:
 def check_output_writable(prefix: str) -> None:
     """Raise a clear error unless batchpredict can write (and delete) objects under `prefix`.
 
-    Object stores get a real probe: a small object is written under the prefix and deleted
-    (chunks are deleted after assembly, so both rights are needed). A local prefix is checked
-    without writing: its nearest existing folder must be a writable folder.
+    Every store gets a real probe: a small object is written under the prefix and deleted
+    (chunks are deleted after assembly, so both rights are needed). A local prefix's folders are
+    made first, as the job would make them; a permission check alone would pass where writes
+    fail (root in /proc, a read-only mount).
     """
     check_uri(prefix, "output")
     if is_local(prefix):
@@ -197,11 +198,18 @@ def _check_local_writable(prefix: str) -> None:
             f"The output prefix {prefix} is under {existing}, which is a file, not a folder. "
             "Give a folder."
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    probe = os.path.join(path, f".batchpredict-write-check-{uuid.uuid4().hex[:12]}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
         raise InvalidArgument(
-            f"Cannot write under the output prefix {prefix}: permission denied on {existing}. "
+            f"Cannot write under the output prefix {prefix}: {reason} ({exc.filename or path}). "
             "Choose a folder this user can write to."
-        )
+        ) from exc
 
 
 def remove(uri: str) -> None:

@@ -179,12 +179,24 @@ def bucket_exists(fs: Any, uri: str) -> bool | None:
         return None
 
 
-def translate_error(uri: str, exc: Exception, fs: Any = None) -> BatchPredictError:
-    """A storage client's error, as ours: what went wrong with which URI, and what to do."""
+def translate_error(
+    uri: str, exc: Exception, fs: Any = None, writing: bool = False
+) -> BatchPredictError:
+    """A storage client's error, as ours: what went wrong with which URI, and what to do.
+    `writing`: the error came from writing `uri`, and is worded as a write failure."""
     if isinstance(exc, BatchPredictError):
         return exc
     if type(exc).__name__ in CREDENTIAL_ERRORS:
         return credentials_error(scheme_of(uri), uri, exc)
+    if writing and not (
+        isinstance(exc, FileNotFoundError) and fs is not None
+        and scheme_of(uri) in OBJECT_STORES and bucket_exists(fs, uri) is False
+    ):
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return InvalidArgument(
+            f"Cannot write {uri}: {type(exc).__name__}: {detail}. Check that the output prefix "
+            "is a folder or bucket batchpredict may write to, and that there is space left."
+        )
     if isinstance(exc, FileNotFoundError):
         if fs is not None and scheme_of(uri) in OBJECT_STORES and bucket_exists(fs, uri) is False:
             return NotFound(

@@ -150,7 +150,7 @@ def test_models_list_shows_the_registry(run_cli, tmp_path: Path) -> None:
     entries = orjson.loads(done.stdout)
     assert entries[0] == {"name": "llama-*", "backend": "openai", "description": "vLLM box",
                           "settings": "http://127.0.0.1:9/v1, concurrency 64, 600 rpm",
-                          "dedupe": True}
+                          "dedupe": True, "pattern": True}
     assert [e["name"] for e in entries[1:]] == ["smollm2-135m", "SmolLM2-135M-Instruct",
                                                 "gemini-*"]
     table = run_cli("models", "list", env=env)

@@ -88,10 +88,15 @@ def test_sigkill_while_exporting_then_rerun_resumes(setup: dict) -> None:
 
 def test_ctrl_c_stops_cleanly_then_rerun_resumes(setup: dict) -> None:
     proc = start_and_stop_after_chunks(setup, signal.SIGINT)
-    stderr = proc.stderr.read()
+    stderr, stdout = proc.stderr.read(), proc.stdout.read()
     assert proc.returncode == 130, stderr
-    assert "Interrupted. Run the same command again to resume." in stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr + stdout
+    done = len(committed_lines(setup["out"]))
+    assert "state   INTERRUPTED (resumable: completed rows are kept)" in stdout
+    assert f"rows    {done} succeeded, 0 failed, {ROWS - done} not done yet" in stdout
+    src, out = setup["cmd"][4], setup["cmd"][6]
+    assert (f"resume  batchpredict run {src} --output {out} --chunk-rows 2 --chunk-seconds 600"
+            in stdout)
     got = subprocess.run([sys.executable, "-m", "batchpredict", "jobs", "get", "1", "--json"],
                          env=setup["env"], capture_output=True, text=True, timeout=60)
     assert orjson.loads(got.stdout)["state"] == "JOB_STATE_RUNNING"

@@ -213,3 +213,54 @@ def test_every_error_renders_as_vertex_does() -> None:
     assert err.row_status() == (
         'Internal Server Error: {"error": {"code": 500, "message": "x", "status": "INTERNAL"}}'
     )
+
+
+async def test_a_runner_dead_after_assembly_is_finished_without_rerunning_rows(
+    store, tmp_path
+) -> None:
+    """Killed after predictions.jsonl was assembled, before the job's end was written: the
+    next runner finishes from the assembled state; no row goes to the model again."""
+    first = InstantTestDouble()
+    service = job_service(store, first, tmp_path)
+    src = write_jsonl(tmp_path / "in.jsonl", keyed(10))
+    job = await submit_job(service, [str(src)], str(tmp_path / "out"))
+    job.output_dir = make_output_dir(str(tmp_path / "out"))
+    lines = b"".join(
+        orjson.dumps({"key": i, "status": "", "processed_time": "t", "request": {},
+                      "response": RESPONSE}) + b"\n" for i in range(10)
+    )
+    out = ChunkedOutput(job.output_dir)
+    out.write_chunk(0, 9, lines)
+    out.assemble()
+
+    def assembled(j: Job) -> None:
+        j.output_dir, j.total_rows = job.output_dir, 10
+        j.checkpoint.committed_rows, j.checkpoint.phase = 10, "assembling"
+        j.checkpoint.stop_reason = "done"
+        j.counts.succeeded, j.counts.prompt_tokens = 10, 20
+
+    store.transition(job.id, S.JOB_STATE_RUNNING, assembled)
+    again = InstantTestDouble()
+    done = await job_service(store, again, tmp_path).scheduler.run_here(job.id)
+    assert again.requests == 0
+    assert done.state == S.JOB_STATE_SUCCEEDED
+    assert (done.counts.succeeded, done.counts.failed, done.incomplete) == (10, 0, 0)
+    assert [line["processed_time"] for line in read_predictions(tmp_path / "out")] == ["t"] * 10
+
+
+async def test_temporary_files_of_a_killed_chunk_writer_are_cleaned_on_resume(
+    store, tmp_path
+) -> None:
+    service = job_service(store, InstantTestDouble(), tmp_path)
+    src = write_jsonl(tmp_path / "in.jsonl", keyed(10))
+    job = await submit_job(service, [str(src)], str(tmp_path / "out"))
+    job.output_dir = make_output_dir(str(tmp_path / "out"))
+    store.save_progress(job)
+    incremental = Path(job.output_dir) / "incremental_predictions"
+    incremental.mkdir(parents=True)
+    stale = incremental / "predictions_000000000000-000000000004.jsonl.tmp-0a1b2c3d"
+    stale.write_bytes(b'{"half": ')
+    done = await service.scheduler.run_here(job.id)
+    assert done.state == S.JOB_STATE_SUCCEEDED
+    assert not stale.exists() and not incremental.exists()
+    assert [line["key"] for line in read_predictions(tmp_path / "out")] == list(range(10))

@@ -88,7 +88,7 @@ def test_validate_and_upload_report_bad_lines_by_number(api_server: ThreadServer
 
     refused = upload(api_server, "/batchpredict/v1/uploads", "my file.jsonl", data)
     assert refused.status == 400
-    assert "3 of 5 lines are not valid" in refused.json["error"]["message"]
+    assert "Of 5 lines, 3 are not valid" in refused.json["error"]["message"]
     assert not Path(api_server.settings.uploads_uri).exists()
 
     stored = upload(api_server, "/batchpredict/v1/uploads?allowInvalidLines=true", "../../x.jsonl",

@@ -72,7 +72,7 @@ def test_partly_failed_rows_succeed_and_all_failed_rows_fail(server: ThreadServe
     [
         (lambda b: b.pop("displayName"), "displayName is required"),
         (lambda b: b.pop("model"), "model is required"),
-        (lambda b: b["inputConfig"]["gcsSource"].__setitem__("uris", "gs://b/x.jsonl"),
+        (lambda b: b["inputConfig"]["gcsSource"].__setitem__("uris", 5),
          "inputConfig.gcsSource.uris"),
         (lambda b: b["inputConfig"]["gcsSource"].__setitem__("uris", []),
          "inputConfig.gcsSource.uris"),

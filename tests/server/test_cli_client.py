@@ -54,7 +54,7 @@ def test_create_get_list_wait_delete(cli, server: ThreadServer, make_input,
     result = cli("jobs", "delete", job_id, "--json")
     assert orjson.loads(result.stdout)["done"] is True
     result = cli("jobs", "get", job_id)
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # not found
     assert result.stderr.strip() == f"Error: BatchPredictionJob {job_id} was not found."
 
 
@@ -71,7 +71,7 @@ def test_cancel_and_wait_exit_code(cli, server: ThreadServer, make_input, tmp_pa
 def test_client_errors_are_one_line(cli, make_input, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     result = cli("jobs", "create", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path))
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # not found
     assert result.stderr.count("\n") == 1 and "does not exist" in result.stderr
 
     result = cli("jobs", "create", make_input(1), "-o", str(tmp_path), "-m", "nope")
@@ -79,7 +79,7 @@ def test_client_errors_are_one_line(cli, make_input, tmp_path: Path,
 
     monkeypatch.setenv("BATCHPREDICT_SERVER", "http://127.0.0.1:9")
     result = cli("jobs", "get", "1")
-    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.exit_code == 5 and result.stderr.count("\n") == 1  # unavailable
     assert "Cannot reach the server at http://127.0.0.1:9" in result.stderr
 
     monkeypatch.delenv("BATCHPREDICT_SERVER")
@@ -87,5 +87,5 @@ def test_client_errors_are_one_line(cli, make_input, tmp_path: Path,
     assert result.exit_code == 2 and "needs a server: pass --server URL" in result.stderr
     monkeypatch.setenv("BATCHPREDICT_DATA_DIR", str(tmp_path / "local"))
     result = cli("jobs", "cancel", "1")  # without --server: the local job store
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert result.stderr == "Error: BatchPredictionJob 1 was not found.\n"

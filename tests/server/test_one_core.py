@@ -16,7 +16,7 @@ from tests.server.conftest import ThreadServer, job_body, predictions, server_en
 #: What differs between two runs of one job by nature: identity, clocks, who and where.
 PER_RUN = {"id", "display_name", "project", "create_time", "start_time", "end_time",
            "update_time", "heartbeat", "owner", "output_dir", "runs_in", "fingerprint",
-           "output_prefix"}
+           "output_prefix", "progress_history"}
 
 
 def comparable(record: dict[str, Any]) -> dict[str, Any]:

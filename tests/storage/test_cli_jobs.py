@@ -107,13 +107,13 @@ def test_missing_input_is_a_clear_error(store: Bucket, tmp_path: Path, env: dict
 def test_unwritable_output_prefix_is_refused_before_any_job(
     store: Bucket, tmp_path: Path, env: dict
 ) -> None:
-    """The same check as a server's create: a clear error, exit 2, and no job made."""
+    """The same check as a server's create: a clear error, exit 3 (not found), no job made."""
     src = store.write("in/x.jsonl", jsonl(rows("r", 2)))
     prefix = f"{store.scheme}://no-such-bucket-{store.name[-6:]}/out"
     done = run(store, tmp_path / "data", env, "run", src, "--output", prefix, "--model", "fast",
                "-q")
     text = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "Traceback" not in text
     assert f"The output bucket {store.scheme}://no-such-bucket-{store.name[-6:]} does not exist" \
         in text

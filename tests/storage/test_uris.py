@@ -82,9 +82,11 @@ def test_local_paths_and_file_uris(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["in"]
 
 
-def test_local_output_prefix_checks_without_writing(tmp_path: Path) -> None:
+def test_local_output_prefix_is_probed_with_a_real_write_that_leaves_no_file(
+    tmp_path: Path,
+) -> None:
     storage.check_output_writable(str(tmp_path / "not" / "yet" / "there"))
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path / "not" / "yet" / "there") == []  # made, as the job would
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidArgument, match="which is a file, not a folder"):
         storage.check_output_writable(str(tmp_path / "file" / "out"))

@@ -48,8 +48,18 @@ class _Message(BaseModel):
 class GcsSource(_Message):
     uris: list[str] = Field(
         min_length=1,
-        description="JSONL files: local paths, gs://, s3:// or memory:// URIs; wildcards allowed.",
+        description="JSONL files: local paths, gs://, s3:// or memory:// URIs; wildcards allowed. "
+                    "A single string is one URI (as Vertex accepts, and its docs write it).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_uri_as_a_string(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("uris",):
+                if isinstance(data.get(key), str):
+                    data = {**data, key: [data[key]]}
+        return data
 
 
 class InputConfig(_Message):

@@ -2,8 +2,9 @@
 
 int64 counts are strings and times RFC 3339, as in Vertex's REST API. One field is ours alone,
 `progress` (total, done and token counts): the google-genai SDK ignores it; progress bars and the
-console need it. `job_resource` takes the job's live progress (rows answered but not yet
-committed) when it runs in this process.
+console need it. Every count is of committed rows (their chunk is durably written), so
+`completionStats` and `progress` always agree, follow the job as its chunks commit, and never go
+backwards, whichever process or replica answers.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ __all__ = ["job_from_resource", "job_resource"]
 S = JobState
 
 
-def job_resource(job: Job, live_done: int | None = None, live_total: int | None = None) -> dict[
-    str, Any
-]:
-    """The BatchPredictionJob resource; `live_*` from a runner in this process, if any."""
+def job_resource(job: Job) -> dict[str, Any]:
+    """The BatchPredictionJob resource."""
     out: dict[str, Any] = {
         "name": job.name,
         "displayName": job.display_name,
@@ -52,13 +51,11 @@ def job_resource(job: Job, live_done: int | None = None, live_total: int | None 
         }
     if job.model_version:
         out["modelVersionId"] = job.model_version
-    total = job.total_rows if live_total is None else live_total
-    done = job.counts.done
-    if live_done is not None and job.state == S.JOB_STATE_RUNNING:
-        done = max(done, live_done)
+    if job.partial_failures:
+        out["partialFailures"] = job.partial_failures
     out["progress"] = {
-        "totalCount": None if total is None else str(total),
-        "doneCount": str(done),
+        "totalCount": None if job.total_rows is None else str(job.total_rows),
+        "doneCount": str(job.counts.done),
         "promptTokenCount": str(job.counts.prompt_tokens),
         "candidatesTokenCount": str(job.counts.candidates_tokens),
         "totalTokenCount": str(job.counts.total_tokens),

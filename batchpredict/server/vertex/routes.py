@@ -17,13 +17,13 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from batchpredict.jobs import Job, JobState, format_time, utcnow
+from batchpredict.jobs import Job, format_time, utcnow
 from batchpredict.server.vertex.filters import compile_filter
 from batchpredict.server.vertex.job_spec import JobSpec
 from batchpredict.server.vertex.resource import job_resource
 from batchpredict.service import Caller, JobService, Scope, parse_job_id
 
-__all__ = ["JSONResponse", "express_scope", "job_routes", "render", "vertex_scope"]
+__all__ = ["JSONResponse", "express_scope", "job_routes", "vertex_scope"]
 
 
 class JSONResponse(Response):
@@ -52,14 +52,6 @@ async def express_scope(who: Annotated[Caller, Depends(caller)]) -> Scope:
 
 def _service(request: Request) -> JobService:
     return request.app.state.service  # type: ignore[no-any-return]
-
-
-def render(service: JobService, job: Job) -> dict[str, Any]:
-    """The job's Vertex JSON; a job running in this process shows its live row count."""
-    live = service.progress(job) if job.state == JobState.JOB_STATE_RUNNING else None
-    if live is None:
-        return job_resource(job)
-    return job_resource(job, live.done, live.total)
 
 
 def _delete_operation(job: Job) -> dict[str, Any]:
@@ -99,7 +91,7 @@ def job_routes(prefix: str, scope_of: Callable[..., Awaitable[Scope]]) -> APIRou
         """Create a job; it waits in JOB_STATE_PENDING until a slot is free, then runs."""
         svc = _service(request)
         job = await svc.submit(scope, spec.job_request())
-        return JSONResponse(render(svc, job))
+        return JSONResponse(job_resource(job))
 
     @router.get(collection, response_model=None)
     async def list_jobs(
@@ -114,7 +106,7 @@ def job_routes(prefix: str, scope_of: Callable[..., Awaitable[Scope]]) -> APIRou
         jobs, token = await svc.list(
             scope, compile_filter(filter), page_size, page_token, filter_text=filter
         )
-        body: dict[str, Any] = {"batchPredictionJobs": [render(svc, j) for j in jobs]}
+        body: dict[str, Any] = {"batchPredictionJobs": [job_resource(j) for j in jobs]}
         if token:
             body["nextPageToken"] = token
         return JSONResponse(body)
@@ -123,7 +115,7 @@ def job_routes(prefix: str, scope_of: Callable[..., Awaitable[Scope]]) -> APIRou
     async def get(request: Request, job_id: str, scope: InScope) -> Response:
         """One job."""
         svc = _service(request)
-        return JSONResponse(render(svc, await svc.get(scope, parse_job_id(job_id))))
+        return JSONResponse(job_resource(await svc.get(scope, parse_job_id(job_id))))
 
     @router.post(collection + "/{job_id}:cancel", response_model=None)
     async def cancel(request: Request, job_id: str, scope: InScope) -> Response:

@@ -140,7 +140,7 @@ export function createView(root) {
     }
     const more = r.invalidRowCount - r.problems.length;
     replace(reportEl, h("div", { class: "callout error", id: "input-bad" },
-      h("p", {}, h("strong", {}, `${fmtInt(r.invalidRowCount)} of ${fmtInt(r.rowCount)} lines are not valid requests.`),
+      h("p", {}, h("strong", {}, `${fmtInt(r.invalidRowCount)} of ${fmtInt(r.rowCount)} ${r.rowCount === 1 ? "line" : "lines"} ${r.invalidRowCount === 1 ? "is not a valid request" : "are not valid requests"}.`),
         " Fix them and choose the file again, or submit anyway."),
       h("div", { class: "table-wrap" },
         h("table", { id: "input-problems" },
@@ -256,7 +256,9 @@ export function createView(root) {
     if (report.invalidRowCount && !allowInvalid.checked) {
       allowInvalid.focus();
       throw new ApiError(400, { error: {
-        message: `${report.invalidRowCount} lines of the input are not valid requests (listed below the input). Fix them, or tick "Submit anyway".`,
+        message: report.invalidRowCount === 1
+          ? `1 line of the input is not a valid request (listed below the input). Fix it, or tick "Submit anyway".`
+          : `${report.invalidRowCount} lines of the input are not valid requests (listed below the input). Fix them, or tick "Submit anyway".`,
         status: "INVALID_ARGUMENT",
       } });
     }

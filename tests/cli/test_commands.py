@@ -1,0 +1,59 @@
+"""The CLI as a new user meets it: the same refusals as the server with documented exit codes,
+local cancel and delete, whole model names in tables, and a clear word for a port in use."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import orjson
+
+from batchpredict.cli import EXIT
+from tests.conftest import text_request, write_jsonl
+
+FAST_MODELS = ('[[models]]\nname = "a-very-long-model-name-that-would-not-fit-in-eighty-'
+               'columns-of-terminal"\nbackend = "test-double"\n')
+
+
+def test_a_missing_input_creates_no_job_and_exits_not_found(run_cli, tmp_path: Path) -> None:
+    done = run_cli("run", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "out"))
+    assert done.returncode == EXIT["not found"] == 3
+    assert done.stderr == f"Error: The input {tmp_path}/nope.jsonl does not exist. Check the " \
+                          "path and that it was uploaded.\n"
+    listed = run_cli("jobs", "list", "--json")
+    assert orjson.loads(listed.stdout) == {"batchPredictionJobs": []}
+
+
+def test_local_jobs_cancel_and_delete(run_cli, tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(FAST_MODELS)
+    env = {"BATCHPREDICT_MODELS_FILE": str(models), "COLUMNS": "80"}
+    src = write_jsonl(tmp_path / "in.jsonl", [{"request": text_request("hi")}] * 3)
+    model = "a-very-long-model-name-that-would-not-fit-in-eighty-columns-of-terminal"
+    done = run_cli("run", str(src), "--output", str(tmp_path / "out"), "-m", model, "-q",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    table = run_cli("jobs", "list", env=env).stdout
+    model_cells = [line.split("│")[3].strip() for line in table.splitlines()
+                   if line.startswith("│")]
+    assert "".join(model_cells) == model  # folded over lines, whole: never "a-very-long-…"
+    refused = run_cli("jobs", "cancel", "1", env=env)
+    assert refused.returncode == EXIT["usage"]
+    assert refused.stderr == ("Error: Job 1 is already JOB_STATE_SUCCEEDED; only a pending or "
+                              "running job can be cancelled.\n")
+    deleted = run_cli("jobs", "delete", "1", env=env)
+    assert deleted.returncode == 0 and deleted.stderr == "Deleted job 1.\n"
+    assert orjson.loads(run_cli("jobs", "list", "--json", env=env).stdout) == {
+        "batchPredictionJobs": []}
+
+
+def test_serve_on_a_port_in_use_says_so(run_cli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("serve", "--port", str(port), timeout=60)
+    assert done.returncode == EXIT["usage"]
+    assert done.stderr.startswith(f"Error: Cannot listen on 127.0.0.1:{port}: Address already "
+                                  "in use. Another program (another `batchpredict serve`?)")
+    assert "Traceback" not in done.stderr
