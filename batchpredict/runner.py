@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from batchpredict import output, storage
+from batchpredict import bounded_io, output, storage
 from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.errors import (
@@ -41,6 +42,9 @@ __all__ = ["JobRunner", "Progress", "RunnerSettings"]
 
 log = logging.getLogger(__name__)
 S = JobState
+#: After a stop, how long the runner may spend reading its input again to count its rows (for
+#: incompleteCount); a stuck or very slow input then gives the estimate instead.
+RECOUNT_SECONDS = 10.0
 
 
 @dataclass
@@ -90,6 +94,8 @@ class JobRunner:
         self.on_progress = on_progress
         self.interrupt = interrupt or asyncio.Event()
         self.owner = owner_id()
+        #: security: set when the job stops; the reader threads stop at their next read.
+        self.stop_reading = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> Job:
@@ -105,7 +111,7 @@ class JobRunner:
         if job.state == S.JOB_STATE_CANCELLING:
             return await self._finish("cancel")
         try:
-            await asyncio.to_thread(self._prepare)
+            await bounded_io.run_io(self._prepare, pool=bounded_io.JOB_POOL)
         except BatchPredictError as exc:
             return await self._fail(exc)
         return await self._stream()
@@ -133,7 +139,7 @@ class JobRunner:
         self.job = self.store.transition(job.id, S.JOB_STATE_RUNNING, start)
 
     async def _stream(self) -> Job:
-        job, st = self.job, self.settings
+        job = self.job
         self.next_index = job.checkpoint.committed_rows  # first row not yet in `buffer`
         self.pending: dict[int, tuple[bytes, bool, int, int]] = {}
         self.buffer: list[bytes] = []
@@ -154,6 +160,7 @@ class JobRunner:
             await self._drain(dispatcher)
             return await self._fail(exc, flush=True)
         finally:
+            self.stop_reading.set()  # a reader stuck on slow storage must not hold the job
             if not dispatcher.done():
                 dispatcher.cancel()
                 await self._drain(dispatcher)
@@ -165,18 +172,38 @@ class JobRunner:
         if reason == "lost":
             return self.job
         if not self.read_all:  # ended early: the exact count, for incompleteCount
-            self.job.total_rows = await asyncio.to_thread(
-                count_rows, self.job.checkpoint.inputs, st.max_line_bytes
-            )
+            self.job.total_rows = await self._recount(self.job.total_rows)
         await self._flush(contiguous_only=reason == "done")
         return await self._finish(reason)
 
     async def _count_rows(self) -> None:
         """A quick total for the progress bar; exact once the reader reaches the end."""
-        total = await asyncio.to_thread(estimate_rows, self.job.checkpoint.inputs)
+        def estimate() -> int:
+            bounded_io.guard_reads(stop=self.stop_reading)
+            return estimate_rows(self.job.checkpoint.inputs)
+
+        try:
+            total = await bounded_io.run_io(estimate, pool=bounded_io.JOB_POOL)
+        except bounded_io.ReadStopped:
+            return
         if not self.read_all:
             self.job.total_rows = total
             self._report()
+
+    async def _recount(self, fallback: int | None) -> int | None:
+        """The exact row count if the input reads again within RECOUNT_SECONDS, else
+        `fallback` (the estimate): a stuck input must not hang a cancel."""
+        def count() -> int:
+            bounded_io.guard_reads(RECOUNT_SECONDS)
+            return count_rows(self.job.checkpoint.inputs, self.settings.max_line_bytes)
+
+        try:
+            return await bounded_io.run_io(count, pool=bounded_io.JOB_POOL,
+                                           timeout=RECOUNT_SECONDS + 1)
+        except (bounded_io.ReadStopped, TimeoutError):
+            log.warning("job %s: its input could not be counted again in %gs; incompleteCount "
+                        "uses the estimate", self.job.id, RECOUNT_SECONDS)
+            return fallback
 
     @staticmethod
     async def _drain(task: asyncio.Future[Any]) -> None:
@@ -237,6 +264,7 @@ class JobRunner:
         next_read = self.next_index
 
         def read() -> list[Row]:
+            bounded_io.guard_reads(stop=self.stop_reading)  # files opened here stop on cancel
             return [row for _, row in zip(range(read_batch), rows, strict=False)]
 
         try:
@@ -244,7 +272,7 @@ class JobRunner:
                 while next_read - self.next_index > st.window_rows:
                     self.progressed.clear()
                     await self.progressed.wait()
-                batch = await asyncio.to_thread(read)
+                batch = await bounded_io.run_io(read, pool=bounded_io.JOB_POOL)
                 if not batch:
                     break
                 next_read = batch[-1].index + 1
@@ -268,7 +296,8 @@ class JobRunner:
         finally:
             for task in tasks:
                 task.cancel()
-            rows.close()
+            with contextlib.suppress(ValueError):  # still running in a reader thread
+                rows.close()
 
     async def _generate(self, batch: list[Row], slots: asyncio.Semaphore) -> None:
         try:
@@ -386,9 +415,7 @@ class JobRunner:
         if hasattr(self, "out"):
             await asyncio.to_thread(self.out.assemble)
         if job.total_rows is None and job.checkpoint.inputs:
-            job.total_rows = await asyncio.to_thread(
-                count_rows, job.checkpoint.inputs, self.settings.max_line_bytes
-            )
+            job.total_rows = await self._recount(None)
         total = job.total_rows or 0
         incomplete = max(0, total - job.counts.done)
         error: BatchPredictError | None = None

@@ -66,6 +66,11 @@ class Scheduler:
         self._interrupt = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        # security: the data gate (data_gate.py; set by the app) rechecks a job's URIs before
+        # it runs and scopes its fileData; a project runs at most `per_project` jobs at once.
+        self.gate: Any = None
+        self.per_project = max(0, settings.max_running_jobs_per_project)
+        self._projects: dict[int, str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -151,12 +156,21 @@ class Scheduler:
             # Finishing a cancel is quick and needs no model: it does not wait for a slot.
             if job.state != S.JOB_STATE_CANCELLING and self._busy() >= self.capacity:
                 break
+            if job.state != S.JOB_STATE_CANCELLING and self._project_full(job.project):
+                continue  # fairness: later jobs of other projects may start
+            self._projects[job.id] = job.project
             self._tasks[job.id] = asyncio.create_task(
                 self._run_job(job), name=f"batchpredict-job-{job.id}"
             )
 
     def _busy(self) -> int:
         return len(self._tasks)
+
+    def _project_full(self, project: str) -> bool:
+        """The project already runs BATCHPREDICT_MAX_RUNNING_JOBS_PER_PROJECT jobs here."""
+        if not self.per_project:
+            return False
+        return sum(p == project for p in self._projects.values()) >= self.per_project
 
     def _candidates(self, jobs: list[Job]) -> list[Job]:
         """Jobs this process should run, in order: orphaned cancels, orphaned runs (they
@@ -195,6 +209,7 @@ class Scheduler:
                                               f"{exc}. Completed rows are in its output folder."))
         finally:
             self._tasks.pop(job.id, None)
+            self._projects.pop(job.id, None)
             self.progress.pop(job.id, None)
             self.wake()
 
@@ -208,11 +223,18 @@ class Scheduler:
         if claimed.state == S.JOB_STATE_CANCELLING:
             backend: Backend = _NoBackend()
         else:
+            if self.gate is not None:  # security: still allowed after its wait in PENDING?
+                refused = await self.gate.recheck_job(claimed)
+                if refused is not None:
+                    await self._fail(job.id, refused)
+                    return
             try:
                 backend = await self.registry.backend_for(claimed.model)
             except BatchPredictError as exc:
                 await self._fail(job.id, exc)
                 return
+            if self.gate is not None:  # security: fileData under the project's policy
+                backend = self.gate.scoped_backend(backend, claimed.project)
         if self._interrupt.is_set():  # shutting down while the model loaded
             await asyncio.to_thread(self.store.release, claimed)
             return

@@ -42,6 +42,7 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from batchpredict import bounded_io
 from batchpredict.errors import (
     BatchPredictError,
     FailedPrecondition,
@@ -354,14 +355,21 @@ def open_read(uri: str) -> IO[bytes]:
     """A binary reader with the standard file API (`readline(size)` included, which fsspec's
     object-store files lack)."""
     fs, path = filesystem(uri)
+    if is_local(uri):
+        # security: regular files only, opened without blocking (bounded_io.open_regular_file);
+        # reads go through the context's read guard (deadline, byte cap, cancel).
+        try:
+            return bounded_io.guarded(bounded_io.open_regular_file(path))
+        except OSError as exc:
+            raise _translate(uri, exc) from exc
     try:
         fs.invalidate_cache(path)
         f = fs.open(path, "rb", block_size=4 * 1024 * 1024)
     except Exception as exc:
         raise _translate(uri, exc, fs) from exc
-    if is_local(uri) or isinstance(f, io.BufferedIOBase):
-        return f  # type: ignore[no-any-return]
-    return io.BufferedReader(f, buffer_size=1024 * 1024)
+    if not isinstance(f, io.BufferedIOBase):
+        f = io.BufferedReader(f, buffer_size=1024 * 1024)
+    return bounded_io.guarded(f)  # security: the context's read guard
 
 
 def read_bytes(uri: str) -> bytes:

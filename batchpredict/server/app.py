@@ -25,10 +25,12 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchpredict.config import Settings
+from batchpredict.data_gate import DataGate
 from batchpredict.errors import BatchPredictError, Internal, InvalidArgument, error_for_http_status
 from batchpredict.scheduler import Scheduler
 from batchpredict.server import console
 from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
+from batchpredict.server.http_guard import HttpGuard, install_log_redaction
 from batchpredict.server.job_spec import describe_validation_errors
 from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
 from batchpredict.server.routes import (
@@ -68,6 +70,9 @@ def create_app(
     registry = registry if registry is not None else _registry(settings)
     scheduler = Scheduler(store, registry, settings)
     metrics = Metrics(store, scheduler)
+    # security: the data policy of every project, and bounded storage work (data_gate.py)
+    gate = DataGate(settings, restricted=not access.is_open)
+    scheduler.gate = gate
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,8 +99,9 @@ def create_app(
     app.state.store = store
     app.state.registry = registry
     app.state.scheduler = scheduler
-    app.state.service = JobService(store, registry, scheduler)
+    app.state.service = JobService(store, registry, scheduler, gate)
     app.state.access = access
+    app.state.gate = gate
     app.state.metrics = metrics
 
     for version in VERSIONS:
@@ -121,6 +127,12 @@ def create_app(
     console.mount(app)  # the web console at /console and its /batchpredict/v1 endpoints
     _install_error_handlers(app)
     app.add_middleware(LatencyMiddleware, histogram=metrics.latency)
+    # security: Host, cross-site, Content-Type and body size, before any route (http_guard.py)
+    app.add_middleware(
+        HttpGuard, open_mode=access.is_open, allowed_hosts=settings.allowed_hosts,
+        max_request_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes,
+    )
+    install_log_redaction()  # no ?key= tokens in access logs
     return app
 
 
@@ -185,4 +197,5 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080,
         app, host=host, port=port, log_level=log_level, lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    install_log_redaction(handlers_too=True)  # security: after uvicorn configured its logging
     uvicorn.Server(config).run()

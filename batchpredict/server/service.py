@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from batchpredict import storage
+from batchpredict.data_gate import DataGate
 from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
 from batchpredict.jobs import Job, JobState, format_time, utcnow
 from batchpredict.scheduler import Scheduler
@@ -29,6 +30,7 @@ from batchpredict.store.base import JobStore
 __all__ = ["DEFAULT_LOCATION", "JobService", "Scope", "parse_job_id"]
 
 DEFAULT_LOCATION = "us-central1"
+_JOB_ID = re.compile(r"[0-9]{1,18}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -63,7 +65,7 @@ class Scope:
 
 def parse_job_id(text: str) -> int:
     """A job id from a path segment: digits only (the SDK rejects other ids)."""
-    if not text.isdigit() or len(text) > 18:
+    if not _JOB_ID.fullmatch(text):  # ASCII only: "١٢٣".isdigit() is True
         raise InvalidArgument(
             f"{text!r} is not a valid BatchPredictionJob id: ids are numbers, as in "
             "projects/P/locations/L/batchPredictionJobs/123."
@@ -72,10 +74,12 @@ def parse_job_id(text: str) -> int:
 
 
 class JobService:
-    def __init__(self, store: JobStore, registry: Any, scheduler: Scheduler) -> None:
+    def __init__(self, store: JobStore, registry: Any, scheduler: Scheduler,
+                 gate: DataGate) -> None:
         self.store = store
         self.registry = registry
         self.scheduler = scheduler
+        self.gate = gate  # security: every storage touch goes through the data policy
 
     def render(self, job: Job) -> dict[str, Any]:
         """The job's API JSON; a job running here shows its live row count in `progress`."""
@@ -92,15 +96,11 @@ class JobService:
         scope.check_parent()
         self.registry.resolve(spec.model)  # 400 listing the available models
         uris, prefix = spec.inputs(), spec.output_prefix()
-
-        def resolve() -> list[str]:
-            # a bad scheme, bq://, a missing bucket or an unwritable folder: a 4xx now, not a
-            # FAILED job later (the runner checks again when it starts: time passes in PENDING)
-            storage.check_output_writable(prefix)
-            return storage.expand_inputs(uris)  # 404 naming a missing input
-
-        inputs = await asyncio.to_thread(resolve)
         project, location = scope.target
+        # security: the project's data policy, on bounded threads (data_gate.py). A bad scheme,
+        # bq://, a refused or missing URI, an unwritable folder: a 4xx now, not a FAILED job
+        # later (the scheduler checks again before it runs: time passes in PENDING).
+        inputs = await self.gate.resolve_job(project, uris, prefix)
         job = Job(
             display_name=spec.display_name,
             model=spec.model,

@@ -15,7 +15,6 @@ where {job} is projects/{p}/locations/{l}/batchPredictionJobs/{id}, the job's `n
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
@@ -23,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from batchpredict import storage
+from batchpredict.data_gate import DataGate
 from batchpredict.errors import InvalidArgument, NotFound
 from batchpredict.jobs import Job
 from batchpredict.server.console import inputs, outputs
@@ -54,6 +54,11 @@ def _settings(request: Request) -> Any:
     return request.app.state.settings
 
 
+def _gate(request: Request) -> DataGate:
+    """security: the data policy and bounded storage threads (data_gate.py)."""
+    return request.app.state.gate  # type: ignore[no-any-return]
+
+
 async def _job(request: Request, scope: Scope, job_id: str) -> Job:
     service: JobService = request.app.state.service
     return await service.get(scope, parse_job_id(job_id))
@@ -69,21 +74,22 @@ async def list_models(request: Request, scope: AnyScope) -> Response:
 @router.get(PREFIX + "/defaults", response_model=None)
 async def defaults(request: Request, scope: AnyScope) -> Response:
     """What a create form starts from: the caller's default project and location, where uploads
-    are stored, and a suggested output prefix (`outputs` beside the uploads root)."""
-    root = _settings(request).uploads_uri.rstrip("/")
-    parent = root.rsplit("/", 1)[0] if "/" in root.split("://", 1)[-1] else root
+    are stored, and a suggested output prefix: the project's own output area
+    (`{outputs root}/{project}`, BATCHPREDICT_OUTPUTS_ROOT)."""
+    settings, project = _settings(request), scope.caller.default_project
     return JSONResponse({
-        "project": scope.caller.default_project,
+        "project": project,
         "location": DEFAULT_LOCATION,
-        "uploadsRoot": root,
-        "outputUriPrefix": storage.join(parent, "outputs"),
+        "uploadsRoot": settings.uploads_uri.rstrip("/"),
+        "outputUriPrefix": storage.join(settings.outputs_uri,
+                                        _gate(request).upload_folder(project)),
     })
 
 
 async def _check_upload(request: Request, file: UploadFile) -> inputs.InputReport:
     name = inputs.safe_file_name(file.filename)
     limit = _settings(request).max_line_bytes
-    report = await asyncio.to_thread(
+    report = await _gate(request).run(
         inputs.check_stream, file.file, name, inputs.InputReport(), limit
     )
     inputs.require_rows(report, name)
@@ -121,10 +127,12 @@ async def upload(
     report = await _check_upload(request, file)
     if report.invalid and not allow_invalid_lines:
         raise InvalidArgument(report.summary())
+    gate, project = _gate(request), scope.caller.default_project
     root = _settings(request).uploads_uri
-    uri = await asyncio.to_thread(
-        inputs.store_upload, file.file, file.filename or "", root, scope.caller.default_project
+    uri = await gate.run(
+        inputs.store_upload, file.file, file.filename or "", root, gate.upload_folder(project)
     )
+    gate.check_upload_uri(project, uri)
     return JSONResponse({"uri": uri, **report.to_api()})
 
 
@@ -137,12 +145,20 @@ async def validate_inputs(
         100_000, alias="maxRows", ge=1, le=10_000_000,
         description="Stop after this many rows (the reply says `truncated`).",
     ),
+    project: str | None = Query(
+        None, description="Whose data policy applies; default: the caller's default project.",
+    ),
 ) -> Response:
     """Check the files that input URIs name (local paths, gs://, s3://, wildcards) line by line,
-    as the runner will. 404 when a URI names nothing. Same reply as uploads:validate."""
+    as the runner will, under the project's data policy (403 for a URI it may not read). 404
+    when a URI names nothing. Same reply as uploads:validate; reading stops after `maxRows`
+    rows, BATCHPREDICT_VALIDATE_MAX_BYTES bytes or BATCHPREDICT_STORAGE_CALL_SECONDS seconds,
+    with `truncated` true and `stoppedBy` naming the limit ("rows", "bytes", "deadline")."""
+    project = project or scope.caller.default_project
+    Scope(scope.caller, project, DEFAULT_LOCATION).check_parent()
     limit = _settings(request).max_line_bytes
-    report = await asyncio.to_thread(inputs.check_uris, body.uris, limit, max_rows)
-    return JSONResponse(report.to_api())
+    report = await _gate(request).validate_inputs(project, body.uris, limit, max_rows)
+    return JSONResponse(report)
 
 
 @router.get(JOB_PATH + "/predictions.jsonl", response_model=None)
@@ -152,6 +168,7 @@ async def download_predictions(request: Request, job_id: str, scope: JobScope) -
     job = await _job(request, scope, job_id)
     if not job.output_dir:
         raise NotFound(f"Job {job.id} has no output yet: it has not started.")
+    _gate(request).check_download(job.project, job.output_dir)  # security: data policy
     partial = not job.state.is_terminal
     name = f"job-{job.id}-{'partial-' if partial else ''}predictions.jsonl"
     return StreamingResponse(
@@ -178,5 +195,6 @@ async def failed_rows(
     job = await _job(request, scope, job_id)
     if not job.output_dir:
         return JSONResponse({"failedRows": [], "linesRead": 0})
-    rows, read = await asyncio.to_thread(outputs.first_failed_rows, job, page_size)
+    _gate(request).check_download(job.project, job.output_dir)  # security: data policy
+    rows, read = await _gate(request).run(outputs.first_failed_rows, job, page_size)
     return JSONResponse({"failedRows": rows, "linesRead": read})
