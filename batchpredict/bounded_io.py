@@ -301,8 +301,8 @@ def glob_local(base: str, segments: list[str], deadline: float, max_files: int,
 
     def walk(folder: str, i: int) -> None:
         tick()
-        if i == len(segments):
-            if os.path.isfile(folder):
+        if i == len(segments):  # any file: FIFOs and devices too, for the policy to refuse
+            if os.path.lexists(folder) and not os.path.isdir(folder):
                 add(folder)
             return
         seg = segments[i]

@@ -27,6 +27,7 @@ from tests.server.conftest import (  # noqa: F401  (fixtures)
     ThreadServer,
     http,
     job_body,
+    make_input,
     make_settings,
     models_file,
     start_server,
