@@ -21,9 +21,10 @@ Two modes:
 - restricted (access tokens configured): a project reaches its own areas and its configured
   prefixes, nothing else;
 - open (no tokens: loopback only, one trusted local user): any local path, gs:// or s3:// URI the
-  user names, as before this policy existed.
+  user names, as before this policy existed; every project's areas are that user's.
 Refused in both, whatever is configured:
-- the data dir (the job store) and the uploads and outputs roots, except the project's own areas;
+- the data dir (the job store) and the uploads and outputs roots, except the project's own areas
+  (in open mode: except the uploads and outputs roots);
 - /proc, /sys and /dev, and anything that is not a regular file (devices, FIFOs, sockets);
 - memory:// unless BATCHPREDICT_ALLOW_MEMORY_URIS is on (it is for tests).
 Local paths are judged on their real path (`file://`, `~`, `..` and symlinks resolved); object
@@ -214,12 +215,16 @@ class DataPolicy:
     #: The data dir and the uploads and outputs roots: only the own areas inside them.
     reserved: tuple[str, ...] = ()
     allow_memory: bool = False
+    #: Open mode, one user: every project's areas are that user's (the whole uploads and
+    #: outputs roots readable, the outputs root writable).
+    shared_roots: tuple[str, str] | None = None
     _own_read: tuple[str, ...] = field(init=False, default=())
     _own_write: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_own_read", (self.uploads_area, self.outputs_area))
-        object.__setattr__(self, "_own_write", (self.outputs_area,))
+        uploads, outputs = self.shared_roots or (self.uploads_area, self.outputs_area)
+        object.__setattr__(self, "_own_read", (uploads, outputs))
+        object.__setattr__(self, "_own_write", (outputs,))
 
     # -- the checks every face calls ---------------------------------------------------------
     def check_read(self, uri: str, what: str = "input") -> str:
@@ -352,6 +357,7 @@ class DataPolicies:
                 write_prefixes=mine.write + every.write,
                 reserved=self.reserved,
                 allow_memory=self.allow_memory,
+                shared_roots=None if self.restricted else (self.uploads_root, self.outputs_root),
             )
             if len(self._cache) < 10_000:
                 self._cache[project] = policy

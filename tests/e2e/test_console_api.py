@@ -53,7 +53,7 @@ def test_models_and_defaults(api_server: ThreadServer) -> None:
     data_dir = api_server.settings.data_dir
     assert defaults == {"project": "default", "location": "us-central1",
                         "uploadsRoot": f"{data_dir}/uploads",
-                        "outputUriPrefix": f"{data_dir}/outputs"}
+                        "outputUriPrefix": f"{data_dir}/outputs/default"}  # the project's area
 
 
 def test_validate_and_upload_report_bad_lines_by_number(api_server: ThreadServer) -> None:
@@ -131,9 +131,11 @@ def test_extras_follow_the_token_rules(tmp_path: Path) -> None:
         assert upload(srv, "/batchpredict/v1/uploads", "a.jsonl", jsonl(GOOD)).status == 401
         stored = upload(srv, "/batchpredict/v1/uploads", "a.jsonl", jsonl(GOOD), token="tok-a").json
         assert "/team-a/" in stored["uri"]
+        # with tokens, a project writes under its own output area (or configured prefixes)
+        out = srv.call("GET", "/batchpredict/v1/defaults", token="tok-a").json["outputUriPrefix"]
         body = {"displayName": "mine", "model": "instant",
                 "inputConfig": {"gcsSource": {"uris": [stored["uri"]]}},
-                "outputConfig": {"gcsDestination": {"outputUriPrefix": str(tmp_path / "out")}}}
+                "outputConfig": {"gcsDestination": {"outputUriPrefix": out}}}
         job = srv.create(body, project="team-a", token="tok-a")
         srv.wait(job, token="tok-a")
         path = f"/batchpredict/v1/{job['name']}/predictions.jsonl"

@@ -182,8 +182,9 @@ def test_a_legitimate_tenant_still_works(tenants: Tenants) -> None:
 
 def test_without_tokens_local_paths_work_but_not_the_servers_own(start_server: Any,
                                                                  tmp_path: Path) -> None:
-    """Loopback mode (one trusted local user): today's behaviour for the user's paths; never the
-    data dir, other projects' areas, /proc, devices or memory://."""
+    """Loopback mode (one trusted local user): today's behaviour for the user's paths, every
+    project's uploads and outputs included; never the rest of the data dir (the job store),
+    /proc, devices or memory://."""
     server = start_server(data_dir=str(tmp_path / "data"))
     mine = write_jsonl(tmp_path / "anywhere.jsonl", [{"request": text_request("hi")}])
     reply = server.call("POST", server.jobs_path("p"), _body(str(mine), tmp_path / "out"))
@@ -192,13 +193,16 @@ def test_without_tokens_local_paths_work_but_not_the_servers_own(start_server: A
     (tmp_path / "data" / "uploads" / "q").mkdir(parents=True)
     other = write_jsonl(tmp_path / "data" / "uploads" / "q" / "x.jsonl",
                         [{"request": text_request("q's")}])
-    for uri in (str(tmp_path / "data" / "jobs.sqlite3"), str(other), "/proc/self/environ",
-                "/dev/zero", "memory://x.jsonl", f"{tmp_path}/data/*/*/*.jsonl"):
+    reply = server.call("POST", server.jobs_path("p"), _body(str(other), tmp_path / "out"))
+    assert reply.status == 200, reply
+    for uri in (str(tmp_path / "data" / "jobs.sqlite3"), str(tmp_path / "data" / "*"),
+                "/proc/self/environ", "/dev/zero", "memory://x.jsonl",
+                f"{tmp_path}/data/*/*/*.jsonl", f"{tmp_path}/*/*.sqlite3"):
         reply = server.call("POST", server.jobs_path("p"), _body(uri, tmp_path / "out"))
         assert_refused(reply, 403)
         assert_refused(server.call("POST", "/batchpredict/v1/inputs:validate", {"uris": [uri]}),
                        403)
-    for prefix in (str(tmp_path / "data"), str(tmp_path / "data" / "outputs" / "q"), "/proc/x"):
+    for prefix in (str(tmp_path / "data"), str(tmp_path / "data" / "uploads" / "q"), "/proc/x"):
         reply = server.call("POST", server.jobs_path("p"), _body(str(mine), prefix))
         assert_refused(reply, 403, prefix)
     own = server.call("POST", server.jobs_path("p"),
