@@ -66,7 +66,8 @@ class IOPool:
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = (
             queue.SimpleQueue())
         self._started = 0
-        self._idle = 0
+        self._idle = 0  # threads waiting for work
+        self._queued = 0  # work not yet taken by a thread
         self._lock = threading.Lock()
 
     def resize(self, threads: int) -> None:
@@ -77,7 +78,8 @@ class IOPool:
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
-            if self._idle == 0 and self._started < self.threads:
+            self._queued += 1
+            if self._queued > self._idle and self._started < self.threads:
                 self._started += 1
                 threading.Thread(target=self._work, name=f"{self.name}-{self._started}",
                                  daemon=True).start()
@@ -91,6 +93,7 @@ class IOPool:
             future, fn = self._queue.get()
             with self._lock:
                 self._idle -= 1
+                self._queued -= 1
             if not future.set_running_or_notify_cancel():
                 continue
             try:

@@ -98,6 +98,8 @@ class DataGate:
         self.media = MediaPolicy.from_settings(settings)
         self.seconds = float(settings.storage_call_seconds)
         API_POOL.resize(int(settings.storage_threads))
+        # a running job reads with up to ~3 threads (rows, estimate, recount)
+        JOB_POOL.resize(4 * int(settings.max_running_jobs) + 8)
 
     def policy(self, project: str) -> DataPolicy:
         return self.policies.for_project(project)
