@@ -95,6 +95,34 @@ class Settings:
     #: Where files uploaded through the console (POST /batchpredict/v1/uploads) are stored: a
     #: folder, gs://bucket/prefix or s3://bucket/prefix. Empty: {data_dir}/uploads.
     uploads_root: str = ""
+    # -- security: data policy and limits (see policy.py, data_gate.py, server/http_guard.py) --
+    #: Data policy per project (TOML or JSON): [projects.NAME] read = [...], write = [...] URI
+    #: prefixes. Empty: the [projects] table of the tokens file, if any. With tokens configured,
+    #: a project reaches only its own areas and these prefixes.
+    projects_file: str = ""
+    #: Root of each project's default output area ({outputs_root}/{project}/): a folder,
+    #: gs://bucket/prefix or s3://bucket/prefix. Empty: `outputs` beside the uploads root.
+    outputs_root: str = ""
+    #: Allow memory:// URIs as inputs and outputs (for tests; the server's own memory).
+    allow_memory_uris: bool = False
+    #: Host names the server answers besides loopback ones (comma-separated, e.g.
+    #: "batch.example.com"); without tokens, any other Host header is refused (DNS rebinding).
+    allowed_hosts: str = ""
+    #: Largest request body of the JSON API, in bytes (413 beyond).
+    max_request_bytes: int = 32 * 1024 * 1024
+    #: Largest console upload (POST /batchpredict/v1/uploads), in bytes (413 beyond).
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    #: Most files a job's input wildcards may match.
+    max_input_files: int = 10_000
+    #: Longest an API call may spend on storage (expanding wildcards, checking an output
+    #: prefix, validating inputs); validation then reports what it checked (`truncated`).
+    storage_call_seconds: float = 30.0
+    #: Most bytes inputs:validate reads before it stops (`truncated`).
+    validate_max_bytes: int = 256 * 1024 * 1024
+    #: Threads for the storage work of API calls (apart from those that get and list jobs).
+    storage_threads: int = 8
+    #: Most jobs of one project running at once on this server; 0: no cap.
+    max_running_jobs_per_project: int = 0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -134,9 +162,26 @@ class Settings:
         """The uploads root as a URI or absolute path (uploads_root, else {data_dir}/uploads)."""
         return self.uploads_root or str(Path(self.data_dir).expanduser() / "uploads")
 
+    @property
+    def outputs_uri(self) -> str:
+        """The outputs root: outputs_root, else `outputs` beside the uploads root."""
+        if self.outputs_root:
+            return self.outputs_root
+        root = self.uploads_uri.rstrip("/")
+        parent = root.rsplit("/", 1)[0] if "/" in root.split("://", 1)[-1] else root
+        return f"{parent}/outputs"
+
 
 def _convert(f: dataclasses.Field[Any], text: str) -> Any:
     kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        if text.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidArgument(
+            f"BATCHPREDICT_{f.name.upper()}={text!r} is not true or false. Set it to true or false."
+        )
     try:
         if kind == "int":
             return int(text)

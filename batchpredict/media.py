@@ -37,6 +37,7 @@ from typing import Any
 from batchpredict import storage
 from batchpredict.config import Settings
 from batchpredict.errors import BatchPredictError, InvalidArgument
+from batchpredict.policy import media_scope
 
 __all__ = [
     "DEFAULT_MAX_MEDIA_BYTES",
@@ -201,8 +202,13 @@ async def fetch_file_data(uri: str, mime_type: str | None = None, settings: Any 
     neither, the environment's settings apply. Raises InvalidArgument (refused, too large,
     unreadable) or NotFound (no such object): errors for that row's output line.
     """
+    scope = media_scope()  # security: a server's job -> its project's data policy applies
+    if policy is None and settings is None and scope is not None:
+        policy = scope.media
     policy = policy if policy is not None else MediaPolicy.from_settings(settings)
     canonical = check_file_uri(uri, policy)
+    if scope is not None:
+        scope.policy.check_file_data(canonical)
     try:
         return await asyncio.to_thread(_read_limited, canonical, policy.max_bytes)
     except BatchPredictError as exc:

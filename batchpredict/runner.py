@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from batchpredict import output
+from batchpredict import bounded_io, output
 from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.config import RunnerSettings
@@ -48,6 +49,9 @@ __all__ = ["JobRunner", "Progress", "StopReason"]
 
 log = logging.getLogger(__name__)
 S = JobState
+#: After a stop, how long the runner may spend reading its input again to count its rows (for
+#: incompleteCount); a stuck or very slow input then gives the estimate instead.
+RECOUNT_SECONDS = 10.0
 
 
 class StopReason(Enum):
@@ -92,6 +96,8 @@ class JobRunner:
         self.out: output.ChunkedOutput | None = None
         self.live = RowCounts()  # rows answered, committed or not
         self.read_all = False
+        #: set when the rows stop: reader threads stuck on slow storage stop at their next read
+        self.stop_reading = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> Job:
@@ -99,7 +105,7 @@ class JobRunner:
         if self.job.state == S.JOB_STATE_CANCELLING:
             return await self._conclude(StopReason.CANCEL)
         try:
-            await asyncio.to_thread(self._start)
+            await bounded_io.run_io(self._start, pool=bounded_io.JOB_POOL)
         except BatchPredictError as exc:
             return await self._fail(exc)
         if self.job.checkpoint.phase == "assembling":
@@ -147,6 +153,7 @@ class JobRunner:
         try:
             reason = await self._watch(dispatcher)
         finally:
+            self.stop_reading.set()
             counter.cancel()
             if not dispatcher.done():
                 dispatcher.cancel()
@@ -156,10 +163,34 @@ class JobRunner:
 
     async def _count_rows(self) -> None:
         """A quick total for the progress bar; exact once the reader reaches the end."""
-        total = await asyncio.to_thread(estimate_rows, self.job.checkpoint.inputs)
+
+        def estimate() -> int:
+            bounded_io.guard_reads(stop=self.stop_reading)
+            return estimate_rows(self.job.checkpoint.inputs)
+
+        try:
+            total = await bounded_io.run_io(estimate, pool=bounded_io.JOB_POOL)
+        except bounded_io.ReadStopped:
+            return
         if not self.read_all:
             self.job.total_rows = total
             self._report()
+
+    async def _recount(self, fallback: int | None) -> int | None:
+        """The exact row count if the input reads again within RECOUNT_SECONDS, else
+        `fallback` (the estimate): a stuck input must not hang a cancel."""
+
+        def count() -> int:
+            bounded_io.guard_reads(RECOUNT_SECONDS)
+            return count_rows(self.job.checkpoint.inputs, self.settings.max_line_bytes)
+
+        try:
+            return await bounded_io.run_io(count, pool=bounded_io.JOB_POOL,
+                                           timeout=RECOUNT_SECONDS + 1)
+        except (bounded_io.ReadStopped, TimeoutError):
+            log.warning("job %s: its input could not be counted again in %gs; incompleteCount "
+                        "uses the estimate", self.job.id, RECOUNT_SECONDS)
+            return fallback
 
     async def _watch(self, dispatcher: asyncio.Future[Any]) -> StopReason:
         """Flush chunks as they fill, heartbeat, and notice cancel, time limit and interrupt."""
@@ -215,6 +246,7 @@ class JobRunner:
         next_read = buffer.next_index
 
         def read() -> list[Row]:
+            bounded_io.guard_reads(stop=self.stop_reading)  # files opened here stop on cancel
             return [row for _, row in zip(range(read_batch), rows, strict=False)]
 
         try:
@@ -222,7 +254,7 @@ class JobRunner:
                 while next_read - buffer.next_index > st.window_rows:
                     self.progressed.clear()
                     await self.progressed.wait()
-                batch = await asyncio.to_thread(read)
+                batch = await bounded_io.run_io(read, pool=bounded_io.JOB_POOL)
                 if not batch:
                     break
                 next_read = batch[-1].index + 1
@@ -245,7 +277,8 @@ class JobRunner:
         finally:
             for task in tasks:
                 task.cancel()
-            rows.close()
+            with contextlib.suppress(ValueError):  # still running in a reader thread
+                rows.close()
 
     async def _generate(self, batch: list[Row], slots: asyncio.Semaphore) -> None:
         try:
@@ -337,9 +370,7 @@ class JobRunner:
             return self.job
         if hasattr(self, "buffer"):
             if not self.read_all:  # ended early: the exact count, for incompleteCount
-                self.job.total_rows = await asyncio.to_thread(
-                    count_rows, self.job.checkpoint.inputs, self.settings.max_line_bytes
-                )
+                self.job.total_rows = await self._recount(self.job.total_rows)
             await self._flush(contiguous_only=reason == StopReason.DONE)
         await self._assemble(reason)
         state, error = self._verdict(reason)
@@ -357,9 +388,7 @@ class JobRunner:
         if self.out is not None:
             await asyncio.to_thread(self.out.assemble)
         if job.total_rows is None and job.checkpoint.inputs:
-            job.total_rows = await asyncio.to_thread(
-                count_rows, job.checkpoint.inputs, self.settings.max_line_bytes
-            )
+            job.total_rows = await self._recount(None)
 
     def _verdict(self, reason: StopReason) -> tuple[JobState, BatchPredictError | None]:
         """The final state and error of a job whose rows stopped for `reason`."""

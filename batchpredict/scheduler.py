@@ -66,6 +66,12 @@ class Scheduler:
         self._interrupt = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        #: The data gate (data_gate.py; set by the job service): rechecks a job's URIs before it
+        #: runs and scopes its fileData to its project's policy.
+        self.gate: Any = None
+        #: A project runs at most this many jobs here at once (0: no cap).
+        self.per_project = max(0, settings.max_running_jobs_per_project)
+        self._projects: dict[int, str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -151,12 +157,21 @@ class Scheduler:
             # Finishing a cancel is quick and needs no model: it does not wait for a slot.
             if job.state != S.JOB_STATE_CANCELLING and self._busy() >= self.capacity:
                 break
+            if job.state != S.JOB_STATE_CANCELLING and self._project_full(job.project):
+                continue  # fairness: later jobs of other projects may start
+            self._projects[job.id] = job.project
             self._tasks[job.id] = asyncio.create_task(
                 self._run_job(job), name=f"batchpredict-job-{job.id}"
             )
 
     def _busy(self) -> int:
         return len(self._tasks)
+
+    def _project_full(self, project: str) -> bool:
+        """The project already runs BATCHPREDICT_MAX_RUNNING_JOBS_PER_PROJECT jobs here."""
+        if not self.per_project:
+            return False
+        return sum(p == project for p in self._projects.values()) >= self.per_project
 
     def _candidates(self, jobs: list[Job]) -> list[Job]:
         """Jobs this process should run, in order: orphaned cancels, orphaned runs (they
@@ -195,6 +210,7 @@ class Scheduler:
                                               f"{exc}. Completed rows are in its output folder."))
         finally:
             self._tasks.pop(job.id, None)
+            self._projects.pop(job.id, None)
             self.wake()
 
     async def _claim_and_run(self, job: Job) -> None:
@@ -238,6 +254,10 @@ class Scheduler:
         if job.state == S.JOB_STATE_CANCELLING:
             backend: Backend = _NoBackend()
         else:
+            if self.gate is not None:  # still allowed after its wait in PENDING?
+                refused = await self.gate.recheck_job(job)
+                if refused is not None:
+                    return await self._fail(job.id, refused) or job
             if on_loading is not None:
                 on_loading(job.model)
             try:
@@ -247,6 +267,8 @@ class Scheduler:
             finally:
                 if on_loading is not None:
                     on_loading(None)
+            if self.gate is not None:  # fileData under the project's data policy
+                backend = self.gate.scoped_backend(backend, job.project)
         if interrupt.is_set():  # interrupted while the model loaded
             await asyncio.to_thread(self.store.release, job)
             return job

@@ -28,6 +28,7 @@ import orjson
 from batchpredict import input as input_files
 from batchpredict import storage, uploads
 from batchpredict.config import DEFAULT_LOCATION, Settings
+from batchpredict.data_gate import DataGate
 from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
 from batchpredict.jobs import Job, RunsIn
 from batchpredict.output import ChunkedOutput, OutputReader
@@ -110,24 +111,32 @@ def parse_job_id(text: str) -> int:
 
 class JobService:
     def __init__(
-        self, store: JobStore, registry: Any, scheduler: Scheduler, settings: Settings
+        self, store: JobStore, registry: Any, scheduler: Scheduler, settings: Settings,
+        gate: DataGate | None = None,
     ) -> None:
+        """`gate`: the projects' data policies; by default the open one of a single trusted
+        user (no tokens: a local command, a loopback server)."""
         self.store = store
         self.registry = registry
         self.scheduler = scheduler
         self.settings = settings
+        #: every storage touch on a project's behalf goes through its data policy
+        self.gate = gate if gate is not None else DataGate(settings, restricted=False)
+        scheduler.gate = self.gate
 
     @classmethod
-    def open(cls, settings: Settings, store: JobStore | None = None, registry: Any = None
-             ) -> JobService:
-        """The service with its store, model registry and scheduler, from `settings` unless
-        given. The caller closes it (`close`) when done."""
+    def open(cls, settings: Settings, store: JobStore | None = None, registry: Any = None,
+             restricted: bool = False) -> JobService:
+        """The service with its store, model registry, scheduler and data gate, from `settings`
+        unless given; `restricted`: tokens are configured, so each project reaches only what
+        its policy grants. The caller closes it (`close`) when done."""
         from batchpredict.backends.registry import ModelRegistry
         from batchpredict.store import open_store
 
         store = store if store is not None else open_store(settings)
         registry = registry if registry is not None else ModelRegistry.from_settings(settings)
-        return cls(store, registry, Scheduler(store, registry, settings), settings)
+        return cls(store, registry, Scheduler(store, registry, settings), settings,
+                   DataGate(settings, restricted=restricted))
 
     async def close(self, store: bool = True) -> None:
         """Stop the scheduler, release the backends, and close the store (unless `store` is
@@ -144,13 +153,10 @@ class JobService:
         scope.check_parent()
         self.registry.resolve(req.model)  # 400 listing the available models
         uris, prefix = list(req.input_uris), req.output_prefix
-
-        def resolve() -> list[str]:
-            storage.check_output_writable(prefix)
-            return storage.expand_inputs(uris)  # 404 naming a missing input
-
-        inputs = await asyncio.to_thread(resolve)
         project, location = scope.target
+        # the project's data policy (403), then the prefix probed and the inputs expanded
+        # (404 naming a missing one), on bounded threads: a 4xx now, not a FAILED job later
+        inputs = await self.gate.resolve_job(project, uris, prefix)
         job = Job(
             display_name=req.display_name,
             model=req.model,
@@ -227,8 +233,10 @@ class JobService:
         return await asyncio.to_thread(out.committed_count)
 
     async def output(self, scope: Scope, job_id: int) -> tuple[Job, OutputReader]:
-        """A job and the reader of its output so far."""
+        """A job and the reader of its output so far (its folder readable by its project)."""
         job = await self.get(scope, job_id)
+        if job.output_dir:
+            self.gate.check_download(job.project, job.output_dir)
         return job, OutputReader(job.output_dir)
 
     # -- what a create form needs ---------------------------------------------------------
@@ -236,7 +244,6 @@ class JobService:
         """The caller's project and location, where uploads go, a suggested output prefix, and
         the projects it may pick (for a caller allowed every project: those that have jobs)."""
         root = self.settings.uploads_uri.rstrip("/")
-        parent = root.rsplit("/", 1)[0] if "/" in root.split("://", 1)[-1] else root
         caller = scope.caller
         projects = caller.projects
         if projects is None:
@@ -246,28 +253,32 @@ class JobService:
             "project": caller.default_project,
             "location": DEFAULT_LOCATION,
             "uploadsRoot": root,
-            "outputUriPrefix": storage.join(parent, "outputs"),
+            "outputUriPrefix": storage.join(self.settings.outputs_uri,
+                                            self.gate.upload_folder(caller.default_project)),
             "projects": sorted(projects),
             "allProjects": caller.projects is None,
         }
 
     async def validate_inputs(
-        self, scope: Scope, uris: builtins.list[str], max_rows: int | None
-    ) -> input_files.InputReport:
-        """Check the files input URIs name (wildcards too) line by line, as the runner reads."""
+        self, scope: Scope, uris: builtins.list[str], max_rows: int, project: str | None = None
+    ) -> dict[str, Any]:
+        """Check the files input URIs name (wildcards too) line by line, as the runner reads,
+        under `project`'s data policy (default: the caller's default project); the report."""
+        project = project or scope.caller.default_project
+        Scope(scope.caller, project, DEFAULT_LOCATION).check_parent()
         limit = self.settings.max_line_bytes
-        return await asyncio.to_thread(input_files.check_uris, uris, limit, max_rows)
+        return await self.gate.validate_inputs(project, uris, limit, max_rows)  # type: ignore[no-any-return]
 
     async def validate_upload(
         self, scope: Scope, src: IO[bytes], file_name: str | None
     ) -> input_files.InputReport:
         name = uploads.safe_file_name(file_name)
         limit = self.settings.max_line_bytes
-        report = await asyncio.to_thread(
+        report = await self.gate.run(
             input_files.check_stream, src, name, input_files.InputReport(), limit
         )
         input_files.require_rows(report, name)
-        return report
+        return report  # type: ignore[no-any-return]
 
     async def store_upload(
         self, scope: Scope, src: IO[bytes], file_name: str | None, allow_invalid: bool
@@ -276,10 +287,12 @@ class JobService:
         report = await self.validate_upload(scope, src, file_name)
         if report.invalid and not allow_invalid:
             raise InvalidArgument(report.summary())
-        uri = await asyncio.to_thread(
+        project = scope.caller.default_project
+        uri = await self.gate.run(
             uploads.store_upload, src, file_name or "", self.settings.uploads_uri,
-            scope.caller.default_project,
+            self.gate.upload_folder(project),
         )
+        self.gate.check_upload_uri(project, uri)
         return uri, report
 
 

@@ -35,6 +35,7 @@ from batchpredict.errors import (
 )
 from batchpredict.server import console
 from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
+from batchpredict.server.http_guard import HttpGuard, install_log_redaction
 from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
 from batchpredict.server.vertex.job_spec import describe_validation_errors
 from batchpredict.server.vertex.routes import (
@@ -61,7 +62,8 @@ def create_app(
     settings = settings or Settings.from_env()
     access = AccessPolicy.from_settings(settings)
     own_store = store is None
-    service = JobService.open(settings, store, registry)
+    # the data policy of every project (restricted once tokens are configured), through the gate
+    service = JobService.open(settings, store, registry, restricted=not access.is_open)
     store, registry, scheduler = service.store, service.registry, service.scheduler
     metrics = Metrics(store, scheduler)
 
@@ -89,6 +91,7 @@ def create_app(
     app.state.scheduler = scheduler
     app.state.service = service
     app.state.access = access
+    app.state.gate = service.gate
     app.state.metrics = metrics
 
     for version in VERSIONS:
@@ -114,6 +117,12 @@ def create_app(
     console.mount(app)  # the web console at /console and its /batchpredict/v1 endpoints
     _install_error_handlers(app)
     app.add_middleware(LatencyMiddleware, histogram=metrics.latency)
+    # Host, cross-site, Content-Type and body size, before any route (http_guard.py)
+    app.add_middleware(
+        HttpGuard, open_mode=access.is_open, allowed_hosts=settings.allowed_hosts,
+        max_request_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes,
+    )
+    install_log_redaction()  # no ?key= tokens in access logs
     return app
 
 
@@ -195,4 +204,5 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080,
         app, host=host, port=port, log_level=log_level, lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    install_log_redaction(handlers_too=True)  # after uvicorn configured its logging
     uvicorn.Server(config).run()

@@ -10,6 +10,7 @@ import os
 import uuid
 from typing import IO
 
+from batchpredict import bounded_io
 from batchpredict.errors import InvalidArgument, NotFound
 from batchpredict.storage.filesystems import bucket_exists, filesystem, translate_error, unstrip
 from batchpredict.storage.uris import (
@@ -93,14 +94,21 @@ def open_read(uri: str) -> IO[bytes]:
     """A binary reader with the standard file API (`readline(size)` included, which fsspec's
     object-store files lack)."""
     fs, path = filesystem(uri)
+    if is_local(uri):
+        # regular files only, opened without blocking (bounded_io.open_regular_file); reads go
+        # through the context's read guard (deadline, byte cap, cancel)
+        try:
+            return bounded_io.guarded(bounded_io.open_regular_file(path))
+        except OSError as exc:
+            raise translate_error(uri, exc) from exc
     try:
         fs.invalidate_cache(path)
         f = fs.open(path, "rb", block_size=4 * 1024 * 1024)
     except Exception as exc:
         raise translate_error(uri, exc, fs) from exc
-    if is_local(uri) or isinstance(f, io.BufferedIOBase):
-        return f  # type: ignore[no-any-return]
-    return io.BufferedReader(f, buffer_size=1024 * 1024)
+    if not isinstance(f, io.BufferedIOBase):
+        f = io.BufferedReader(f, buffer_size=1024 * 1024)
+    return bounded_io.guarded(f)  # the context's read guard
 
 
 def read_bytes(uri: str) -> bytes:

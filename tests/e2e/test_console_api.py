@@ -53,7 +53,7 @@ def test_models_and_defaults(api_server: ThreadServer) -> None:
     data_dir = api_server.settings.data_dir
     assert defaults == {"project": "default", "location": "us-central1",
                         "uploadsRoot": f"{data_dir}/uploads",
-                        "outputUriPrefix": f"{data_dir}/outputs",
+                        "outputUriPrefix": f"{data_dir}/outputs/default",  # the project's area
                         "projects": ["default"], "allProjects": True}
 
 
@@ -63,10 +63,13 @@ def test_defaults_list_the_projects_a_caller_may_pick(tmp_path: Path) -> None:
     srv = ThreadServer(e2e_settings(tmp_path, tokens="tok-ab=team-b,team-a;tok-a=team-a;"
                                                       "tok-all=*")).start()
     try:
-        path = write_jsonl(tmp_path / "in.jsonl", GOOD)
+        data = Path(srv.settings.data_dir)
+        (data / "uploads" / "elsewhere").mkdir(parents=True)  # the project's own areas
+        path = write_jsonl(data / "uploads" / "elsewhere" / "in.jsonl", GOOD)
+        out = data / "outputs" / "elsewhere"
         srv.create({"displayName": "x", "model": "instant",
                     "inputConfig": {"gcsSource": {"uris": [str(path)]}},
-                    "outputConfig": {"gcsDestination": {"outputUriPrefix": str(tmp_path)}}},
+                    "outputConfig": {"gcsDestination": {"outputUriPrefix": str(out)}}},
                    project="elsewhere", token="tok-all")
         mine = [(t, srv.call("GET", "/batchpredict/v1/defaults", token=t).json)
                 for t in ("tok-ab", "tok-a", "tok-all")]
@@ -154,9 +157,11 @@ def test_extras_follow_the_token_rules(tmp_path: Path) -> None:
         assert upload(srv, "/batchpredict/v1/uploads", "a.jsonl", jsonl(GOOD)).status == 401
         stored = upload(srv, "/batchpredict/v1/uploads", "a.jsonl", jsonl(GOOD), token="tok-a").json
         assert "/team-a/" in stored["uri"]
+        # with tokens, a project writes under its own output area (or configured prefixes)
+        out = srv.call("GET", "/batchpredict/v1/defaults", token="tok-a").json["outputUriPrefix"]
         body = {"displayName": "mine", "model": "instant",
                 "inputConfig": {"gcsSource": {"uris": [stored["uri"]]}},
-                "outputConfig": {"gcsDestination": {"outputUriPrefix": str(tmp_path / "out")}}}
+                "outputConfig": {"gcsDestination": {"outputUriPrefix": out}}}
         job = srv.create(body, project="team-a", token="tok-a")
         srv.wait(job, token="tok-a")
         path = f"/batchpredict/v1/{job['name']}/predictions.jsonl"

@@ -28,7 +28,10 @@ default_project = "shared"
 @pytest.fixture
 def secured(start_server, tmp_path: Path) -> ThreadServer:
     path = tmp_path / "tokens.toml"
-    path.write_text(TOKENS_TOML)
+    # the data policy: every project may read and write this test's folder (tests/security
+    # covers what a project may not reach)
+    grant = f'[projects."*"]\nread = ["{tmp_path}"]\nwrite = ["{tmp_path}"]\n'
+    path.write_text(TOKENS_TOML + grant)
     return start_server(tokens_file=str(path))  # type: ignore[no-any-return]
 
 

@@ -83,9 +83,8 @@ def test_an_output_prefix_that_cannot_be_written_is_refused_at_create(
     server: ThreadServer, make_input
 ) -> None:
     reply = server.call("POST", server.jobs_path(), job_body(make_input(1), "/proc/out"))
-    assert reply.status == 400, reply
-    assert reply.json["error"]["message"].startswith(
-        "Cannot write under the output prefix /proc/out: ")
+    assert reply.status == 403, reply  # the data policy refuses it before any probe
+    assert reply.json["error"]["message"].startswith("The output prefix /proc/out is refused: ")
     listed = server.call("GET", server.jobs_path()).json
     assert listed.get("batchPredictionJobs", []) == []
 

@@ -130,7 +130,10 @@ def test_vertex_mode_list_pages_cancel_delete(server: ThreadServer, make_input,
 
 
 def test_express_mode_with_an_api_key(start_server, make_input, tmp_path: Path) -> None:
-    server: ThreadServer = start_server(tokens="key-a=team-a;key-b=team-b")
+    projects = tmp_path / "projects.toml"  # the data policy: both may use this test's folder
+    projects.write_text(f'[projects."*"]\nread = ["{tmp_path}"]\nwrite = ["{tmp_path}"]\n')
+    server: ThreadServer = start_server(tokens="key-a=team-a;key-b=team-b",
+                                        projects_file=str(projects))
     a, b = express_client(server, "key-a"), express_client(server, "key-b")
     job = a.batches.create(model="fast-model", src=local_source(make_input(3)),
                            config=types.CreateBatchJobConfig(dest=local_dest(tmp_path / "out")))

@@ -82,6 +82,15 @@ def test_local_paths_and_file_uris(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["in"]
 
 
+def test_a_prefix_that_passes_a_permission_check_but_cannot_be_written_is_refused() -> None:
+    """Root passes os.access on /proc; only a real write tells."""
+    with pytest.raises(InvalidArgument) as err:
+        storage.check_output_writable("/proc/out")
+    assert err.value.message == (
+        "Cannot write under the output prefix /proc/out: No such file or directory (/proc/out). "
+        "Choose a folder this user can write to.")
+
+
 def test_local_output_prefix_is_probed_with_a_real_write_that_leaves_no_file(
     tmp_path: Path,
 ) -> None:

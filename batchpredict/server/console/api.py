@@ -70,7 +70,8 @@ async def list_models(request: Request, scope: AnyScope) -> Response:
 @router.get(PREFIX + "/defaults", response_model=None)
 async def defaults(request: Request, scope: AnyScope) -> Response:
     """What a create form starts from: the caller's default project and location, where uploads
-    are stored, and a suggested output prefix (`outputs` beside the uploads root). `projects`
+    are stored, and a suggested output prefix: the project's own output area
+    (`{outputs root}/{project}`, BATCHPREDICT_OUTPUTS_ROOT). `projects`
     lists the projects the caller may use, sorted; for a caller allowed every project ("*"),
     `allProjects` is true and `projects` names those that have jobs, and its default project."""
     return JSONResponse(await _service(request).defaults(scope))
@@ -119,11 +120,17 @@ async def validate_inputs(
         100_000, alias="maxRows", ge=1, le=10_000_000,
         description="Stop after this many rows (the reply says `truncated`).",
     ),
+    project: str | None = Query(
+        None, description="Whose data policy applies; default: the caller's default project.",
+    ),
 ) -> Response:
     """Check the files that input URIs name (local paths, gs://, s3://, wildcards) line by line,
-    as the runner will. 404 when a URI names nothing. Same reply as uploads:validate."""
-    report = await _service(request).validate_inputs(scope, body.uris, max_rows)
-    return JSONResponse(report.to_api())
+    as the runner will, under the project's data policy (403 for a URI it may not read). 404
+    when a URI names nothing. Same reply as uploads:validate; reading stops after `maxRows`
+    rows, BATCHPREDICT_VALIDATE_MAX_BYTES bytes or BATCHPREDICT_STORAGE_CALL_SECONDS seconds,
+    with `truncated` true and `stoppedBy` naming the limit ("rows", "bytes", "deadline")."""
+    report = await _service(request).validate_inputs(scope, body.uris, max_rows, project)
+    return JSONResponse(report)
 
 
 @router.get(JOB_PATH + "/predictions.jsonl", response_model=None)

@@ -27,6 +27,9 @@ from batchpredict.jobs import Job, JobState, parse_time
 __all__ = ["FIELDS", "compile_filter"]
 
 Predicate = Callable[[Job], bool]
+#: Longest filter and deepest nesting (NOT, -, parentheses) accepted; beyond, a 400.
+MAX_FILTER_CHARS = 8192
+MAX_DEPTH = 32
 
 _TIME_FIELDS = {
     "create_time": lambda j: j.create_time,
@@ -96,6 +99,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.i]
@@ -136,6 +140,15 @@ class _Parser:
 
     def unary(self) -> Predicate:
         tok = self.peek()
+        self.depth += 1  # security: no RecursionError from NOT NOT ... or ((((...
+        if self.depth > MAX_DEPTH:
+            raise _error(self.text, tok.pos, f"nested more than {MAX_DEPTH} levels deep")
+        try:
+            return self._unary(tok)
+        finally:
+            self.depth -= 1
+
+    def _unary(self, tok: _Token) -> Predicate:
         if self.is_keyword("NOT") or tok.kind == "minus":
             self.take()
             inner = self.unary()
@@ -250,4 +263,9 @@ def compile_filter(text: str | None) -> Predicate:
     """A predicate over jobs for a list `filter`; everything passes when it is empty."""
     if not text or not text.strip():
         return lambda j: True
+    if len(text) > MAX_FILTER_CHARS:  # security: bounded parse and evaluation
+        raise InvalidArgument(
+            f"The filter is {len(text)} characters long; the limit is {MAX_FILTER_CHARS}. "
+            "Use fewer conditions (labels.team:* matches every value of a label)."
+        )
     return _Parser(text).parse()

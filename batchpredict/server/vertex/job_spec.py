@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from batchpredict.errors import InvalidArgument
+from batchpredict.server.labels import label_problem
 from batchpredict.service import JobRequest
 
 __all__ = ["JobSpec", "describe_validation_errors"]
@@ -91,6 +92,15 @@ class JobSpec(_Message):
     input_config: InputConfig
     output_config: OutputConfig
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _vertex_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        """security: labels as Vertex allows them (server/labels.py)."""
+        problem = label_problem(labels)
+        if problem:
+            raise PydanticCustomError("invalid_labels", "{problem}", {"problem": problem})
+        return labels
 
     @model_validator(mode="before")
     @classmethod
