@@ -1,7 +1,7 @@
 """Runner overhead: batchpredict's own work per row, against a bare loop that does only the
 unavoidable part (read, parse, build the output line, serialise, write).
 
-The model is `InstantTestDouble` (batchpredict/testing.py), a test double that answers at once, so
+The model is `InstantTestDouble` (tests/doubles/instant.py), a test double that answers at once, so
 what is measured is the runner: streaming input, validation, batching, ordering, chunked export,
 checkpoints and final assembly. Each measurement runs in a fresh process so peak RSS is its own.
 
@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+
+REPO = Path(__file__).resolve().parent.parent
 
 REQUEST = {
     "contents": [
@@ -75,7 +77,9 @@ def runner(src: Path, out: Path, data: Path) -> dict[str, int]:
     from batchpredict.jobs import Job
     from batchpredict.runner import JobRunner, RunnerSettings
     from batchpredict.store.sqlite import SQLiteJobStore
-    from batchpredict.testing import InstantTestDouble
+
+    sys.path.insert(0, str(REPO))  # the test double lives in tests/, outside the package
+    from tests.doubles.instant import InstantTestDouble
 
     store = SQLiteJobStore(data / "jobs.sqlite3")
     job = store.create(Job("bench", "test-double", [str(src)], str(out)))

@@ -17,7 +17,7 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
 
     [[models]]
     name = "llama-3.1-8b"            # or a glob: "gemini-*", "projects/*/locations/*/models/*"
-    backend = "openai"               # local | openai | gemini | test-double
+    backend = "openai"               # local | openai | gemini | python
     description = "vLLM on the GPU box"
     dedupe = true                    # send identical temperature-0 requests of a job once
     # backend settings, at the top level of the entry (or in a [models.options] table):
@@ -30,26 +30,45 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
     timeout = 600                    # seconds per attempt
     retries = 6                      # on 408/429/5xx/timeouts/connection errors
 
-Settings of each backend:
-- openai and gemini: `remote.RemoteSettings` (base_url, api_key_env, served_model, concurrency,
-  rpm, tpm, timeout, retries, backoff_initial, backoff_max, jitter, max_retry_after,
-  default_max_tokens, headers); openai adds `images` and `max_tokens_field`, gemini adds
-  `api_version` (and reads GEMINI_API_KEY unless api_key_env says otherwise).
-- local: the arguments of `LocalBackend` (model_path, batch_size, device, dtype, model_version,
-  threads); test-double: those of `testing.InstantTestDouble`.
-Every entry is checked when the file loads: an unknown backend, an unknown setting or a value of
-the wrong type is an error naming the file, the entry and the field. API keys are read when a
-job first uses the entry, so `batchpredict models list` works without them.
+The kinds of backend and their settings:
+- `openai`: an OpenAI-compatible server that is already running; `openai.OpenAISettings`
+  (`remote.RemoteSettings`: base_url, api_key_env, served_model, concurrency, rpm, tpm, timeout,
+  retries, backoff_initial, backoff_max, jitter, max_retry_after, default_max_tokens, headers;
+  plus `images` and `max_tokens_field`).
+- `gemini`: the Gemini API; RemoteSettings plus `api_version` (reads GEMINI_API_KEY unless
+  api_key_env says otherwise).
+- `local`: the arguments of `LocalBackend` (model_path, batch_size, device, dtype, model_version,
+  threads): the embedded model, or a local transformers folder, in this process.
+- `python`: a plugin: `class = "package.module:ClassName"` names a `base.Backend` subclass,
+  imported when the file loads (it must be importable: installed, or on PYTHONPATH); the entry's
+  other settings are its constructor's keyword arguments, checked against its signature like
+  local's. The tests use it for their test doubles:
 
-Backends are started once and shared by every job naming the same entry (and, for remote
-backends, the same served model), so concurrency and rate limits hold across jobs.
+      [[models]]
+      name = "instant"
+      backend = "python"
+      class = "tests.doubles.instant:InstantTestDouble"
+      options = { batch_size = 16 }
+
+Every entry is checked when the file loads: an unknown backend, an unknown setting, a value of
+the wrong type or a class that cannot be imported is an error naming the file, the entry and the
+field. API keys are read when a job first uses the entry, so `batchpredict models list` works
+without them.
+
+Backends are created once and shared by every job naming the same entry (and, for openai and
+gemini, the same served model), so concurrency and rate limits hold across jobs. Each job that
+takes a backend calls its `start()` (a no-op once started; a managed server stopped while idle
+starts again there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import importlib
 import inspect
+import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,24 +88,20 @@ def short_name(model: str) -> str:
 
 
 # -- backend kinds ------------------------------------------------------------------------------
-def _signature_settings(cls_path: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
-    """A validator from a backend class's constructor: known names and simple types."""
-
-    def validate(where: str, options: dict[str, Any]) -> dict[str, Any]:
-        module, _, name = cls_path.rpartition(".")
-        cls = getattr(__import__(module, fromlist=[name]), name)
-        params = {n: p for n, p in inspect.signature(cls).parameters.items()
-                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        for key, value in options.items():
-            if key not in params:
-                raise InvalidArgument(
-                    f"{where}: unknown setting {key!r}. Settings of this backend: "
-                    f"{', '.join(sorted(params))}."
-                )
-            _check_type(where, key, value, str(params[key].annotation))
-        return dict(options)
-
-    return validate
+def _check_arguments(where: str, cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` checked against `cls`'s constructor: known names and simple types."""
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    for key, value in options.items():
+        if key not in params:
+            raise InvalidArgument(
+                f"{where}: unknown setting {key!r}. Settings of this backend: "
+                f"{', '.join(sorted(params)) or '(none)'}."
+            )
+        annotation = params[key].annotation
+        text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        _check_type(where, key, value, text)
+    return dict(options)
 
 
 _SIMPLE: dict[str, type | tuple[type, ...]] = {
@@ -113,7 +128,7 @@ def _remote(module: str, cls_name: str, settings_name: str) -> tuple[Any, Any]:
         mod = __import__(f"batchpredict.backends.{module}", fromlist=[settings_name])
         return getattr(mod, settings_name).from_options(where, options)
 
-    def create(entry: ModelEntry, model: str) -> Backend:
+    def create(entry: ModelEntry, model: str, data_dir: str) -> Backend:
         mod = __import__(f"batchpredict.backends.{module}", fromlist=[cls_name])
         served = entry.settings.served_model or short_name(model)
         return getattr(mod, cls_name)(served, entry.settings, entry=entry.name)  # type: ignore[no-any-return]
@@ -121,16 +136,68 @@ def _remote(module: str, cls_name: str, settings_name: str) -> tuple[Any, Any]:
     return validate, create
 
 
-def _local(entry: ModelEntry, model: str) -> Backend:
+def _validate_local(where: str, options: dict[str, Any]) -> dict[str, Any]:
+    from batchpredict.backends.local import LocalBackend
+
+    return _check_arguments(where, LocalBackend, options)
+
+
+def _local(entry: ModelEntry, model: str, data_dir: str) -> Backend:
     from batchpredict.backends.local import LocalBackend
 
     return LocalBackend(**entry.settings)
 
 
-def _test_double(entry: ModelEntry, model: str) -> Backend:
-    from batchpredict.testing import InstantTestDouble
+@dataclass
+class PythonSettings:
+    """A `backend = "python"` entry: the Backend subclass and its constructor's arguments."""
 
-    return InstantTestDouble(**entry.settings)
+    cls: type[Backend]
+    path: str
+    arguments: dict[str, Any]
+
+    def summary(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
+        return f"{self.path}({args})"
+
+
+def _validate_python(where: str, options: dict[str, Any]) -> PythonSettings:
+    """`class = "package.module:ClassName"`, imported now so a typo fails at load."""
+    options = dict(options)
+    path = options.pop("class", None)
+    if not isinstance(path, str) or not re.fullmatch(r"[\w.]+:[\w.]+", path):
+        raise InvalidArgument(
+            f"{where}: class must name a Backend subclass as \"package.module:ClassName\", "
+            f"got {path!r}."
+        )
+    module_name, _, qualname = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except ImportError as exc:
+        raise InvalidArgument(
+            f"{where}: class {path!r} cannot be imported: {exc}. Install its package, or put "
+            "the folder that holds it on PYTHONPATH."
+        ) from None
+    except AttributeError:
+        raise InvalidArgument(
+            f"{where}: class {path!r}: module {module_name} has no {qualname}."
+        ) from None
+    if not (isinstance(target, type) and issubclass(target, Backend)):
+        raise InvalidArgument(
+            f"{where}: class {path!r} is not a subclass of batchpredict.backends.base.Backend."
+        )
+    if inspect.isabstract(target):
+        raise InvalidArgument(
+            f"{where}: class {path!r} is abstract (it does not implement generate)."
+        )
+    return PythonSettings(target, path, _check_arguments(where, target, options))
+
+
+def _python(entry: ModelEntry, model: str, data_dir: str) -> Backend:
+    st: PythonSettings = entry.settings
+    return st.cls(**st.arguments)
 
 
 @dataclass(frozen=True)
@@ -138,7 +205,8 @@ class BackendKind:
     """How to check an entry's settings and build its backend."""
 
     validate: Callable[[str, dict[str, Any]], Any]
-    create: Callable[[ModelEntry, str], Backend]
+    #: (entry, the job's model, the data directory) -> an unstarted backend.
+    create: Callable[[ModelEntry, str, str], Backend]
     #: One backend per served model (remote servers), else one per entry.
     per_model: bool = False
 
@@ -148,12 +216,10 @@ _gemini = _remote("gemini", "GeminiBackend", "GeminiSettings")
 
 #: `backend = "..."` -> how that backend is checked and built.
 BACKEND_KINDS: dict[str, BackendKind] = {
-    "local": BackendKind(_signature_settings("batchpredict.backends.local.LocalBackend"), _local),
+    "local": BackendKind(_validate_local, _local),
     "openai": BackendKind(_openai[0], _openai[1], per_model=True),
     "gemini": BackendKind(_gemini[0], _gemini[1], per_model=True),
-    "test-double": BackendKind(
-        _signature_settings("batchpredict.testing.InstantTestDouble"), _test_double
-    ),
+    "python": BackendKind(_validate_python, _python),
 }
 
 
@@ -215,9 +281,13 @@ def _entry_from_toml(where: str, item: Any) -> ModelEntry:
 
 
 class ModelRegistry:
-    def __init__(self, entries: list[ModelEntry], source: str = "the built-in registry") -> None:
+    def __init__(self, entries: list[ModelEntry], source: str = "the built-in registry",
+                 data_dir: str | None = None) -> None:
         self.entries = entries
         self.source = source
+        #: Where backends keep files (the logs of managed servers); default: the data dir of
+        #: `Settings.from_env()`.
+        self.data_dir = data_dir
         for i, entry in enumerate(entries):
             if entry.settings is None:
                 where = f"{source}: models[{i}] ({entry.name!r})"
@@ -232,12 +302,12 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def default(cls) -> ModelRegistry:
+    def default(cls, data_dir: str | None = None) -> ModelRegistry:
         return cls([ModelEntry(e.name, e.backend, dict(e.options), e.description, e.dedupe)
-                    for e in DEFAULT_ENTRIES])
+                    for e in DEFAULT_ENTRIES], data_dir=data_dir)
 
     @classmethod
-    def load(cls, path: str) -> ModelRegistry:
+    def load(cls, path: str, data_dir: str | None = None) -> ModelRegistry:
         """Read a TOML registry (format in the module docstring); every entry is checked."""
         try:
             with open(path, "rb") as f:
@@ -261,7 +331,7 @@ class ModelRegistry:
         entries = [_entry_from_toml(f"{path}: models[{i}]", item) for i, item in enumerate(models)]
         if data.get("include_defaults", False):
             entries.extend(cls.default().entries)
-        return cls(entries, source=path)
+        return cls(entries, source=path, data_dir=data_dir)
 
     def resolve(self, model: str) -> ModelEntry:
         for entry in self.entries:
@@ -274,13 +344,23 @@ class ModelRegistry:
         )
 
     def create_backend(self, entry: ModelEntry, model: str | None = None) -> Backend:
-        backend = BACKEND_KINDS[entry.backend].create(entry, model or entry.name)
+        data_dir = self.data_dir
+        if data_dir is None:
+            from batchpredict.config import Settings
+
+            data_dir = Settings.from_env().data_dir
+        backend = BACKEND_KINDS[entry.backend].create(
+            entry, model or entry.name, os.path.expanduser(data_dir)
+        )
         backend.dedupe = entry.dedupe  # type: ignore[attr-defined]  # read by dedupe.for_job
         return backend
 
     async def backend_for(self, model: str) -> Backend:
         """The started backend for `model`, shared by every job that names the same entry
-        (and, for remote backends, the same served model)."""
+        (and, for remote backends, the same served model).
+
+        `start()` runs each time a job takes the backend (it does nothing when already
+        started)."""
         entry = self.resolve(model)
         kind = BACKEND_KINDS[entry.backend]
         served = ""
@@ -288,11 +368,14 @@ class ModelRegistry:
             served = getattr(entry.settings, "served_model", "") or short_name(model)
         key = (id(entry), served)
         async with self._lock:
-            if key not in self._backends:
+            backend = self._backends.get(key)
+            if backend is None:
                 backend = self.create_backend(entry, model)
                 await backend.start()
                 self._backends[key] = backend
-            return self._backends[key]
+                return backend
+        await backend.start()
+        return backend
 
     async def close(self) -> None:
         for backend in self._backends.values():

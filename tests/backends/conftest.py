@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batchpredict.testing_server import ServerThread, TestDoubleServer
+from tests.doubles.openai_server import ServerThread, TestDoubleServer
 
 
 def toml_value(value: Any) -> str:

@@ -17,8 +17,8 @@ from batchpredict.output import ChunkedOutput, make_output_dir
 from batchpredict.runner import JobRunner, RunnerSettings
 from batchpredict.schema import GenerateContentRequest
 from batchpredict.store.sqlite import SQLiteJobStore
-from batchpredict.testing import RESPONSE, InstantTestDouble
 from tests.conftest import read_predictions, text_request, write_jsonl
+from tests.doubles.instant import RESPONSE, InstantTestDouble
 
 S = JobState
 FAST = RunnerSettings(chunk_rows=7, chunk_seconds=0.05, poll_seconds=0.02)

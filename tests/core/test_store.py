@@ -12,8 +12,8 @@ from batchpredict.errors import FailedPrecondition, NotFound
 from batchpredict.jobs import Job, JobState
 from batchpredict.runner import JobRunner, RunnerSettings
 from batchpredict.store.base import JobStore
-from batchpredict.testing import InstantTestDouble
 from tests.conftest import read_predictions, text_request, write_jsonl
+from tests.doubles.instant import InstantTestDouble
 
 S = JobState
 
