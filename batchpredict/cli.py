@@ -65,8 +65,8 @@ def load_registry(settings: Settings) -> Any:
     from batchpredict.backends.registry import ModelRegistry
 
     if settings.models_file:
-        return ModelRegistry.load(settings.models_file)
-    return ModelRegistry.default()
+        return ModelRegistry.load(settings.models_file, data_dir=settings.data_dir)
+    return ModelRegistry.default(data_dir=settings.data_dir)
 
 
 def _fingerprint(inputs: list[str], output: str, model: str) -> str:
@@ -150,16 +150,27 @@ async def _run_job(store: Any, registry: Any, job: Job, settings: Settings, quie
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     loop.add_signal_handler(signal.SIGTERM, on_sigint)
     with _ProgressBar(quiet) as bar:
-        with err.status(f"Loading model {job.model}...", spinner="dots") if not quiet else _null():
-            backend = await registry.backend_for(job.model)
-        runner = JobRunner(
-            store, job, backend, settings.runner_settings(), on_progress=bar.update,
-            interrupt=interrupt,
-        )
         try:
+            with err.status(f"Loading model {job.model}...", spinner="dots") if not quiet \
+                    else _null():
+                try:
+                    backend = await registry.backend_for(job.model)
+                except BatchPredictError as exc:  # e.g. a managed server that cannot start
+                    return await asyncio.to_thread(_fail_unstarted, store, job, exc)
+            runner = JobRunner(
+                store, job, backend, settings.runner_settings(), on_progress=bar.update,
+                interrupt=interrupt,
+            )
             return await runner.run()
         finally:
             await registry.close()
+
+
+def _fail_unstarted(store: Any, job: Job, exc: BatchPredictError) -> Job:
+    def mutate(j: Job) -> None:
+        j.error = exc.to_job_error()
+
+    return store.transition(job.id, JobState.JOB_STATE_FAILED, mutate)
 
 
 class _null:

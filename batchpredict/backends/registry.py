@@ -17,7 +17,7 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
 
     [[models]]
     name = "llama-3.1-8b"            # or a glob: "gemini-*", "projects/*/locations/*/models/*"
-    backend = "openai"               # local | openai | gemini | python
+    backend = "openai"               # local | openai | gemini | server | python
     description = "vLLM on the GPU box"
     dedupe = true                    # send identical temperature-0 requests of a job once
     # backend settings, at the top level of the entry (or in a [models.options] table):
@@ -37,6 +37,18 @@ The kinds of backend and their settings:
   plus `images` and `max_tokens_field`).
 - `gemini`: the Gemini API; RemoteSettings plus `api_version` (reads GEMINI_API_KEY unless
   api_key_env says otherwise).
+- `server`: an engine server batchpredict starts, health-checks, restarts after a crash and stops
+  when idle or on exit (`managed.py`, which documents the lifecycle): every openai setting plus
+  `command` (argv; "{port}" becomes the port), `port` (0: a free one), `health_url`,
+  `startup_seconds`, `idle_seconds`, `stop_seconds`, `env`. Without `served_model`, the model
+  the server lists at /v1/models. One server per entry.
+
+      [[models]]
+      name = "qwen2.5-7b"
+      backend = "server"
+      command = ["vllm", "serve", "Qwen/Qwen2.5-7B-Instruct", "--port", "{port}"]
+      concurrency = 256
+
 - `local`: the arguments of `LocalBackend` (model_path, batch_size, device, dtype, model_version,
   threads): the embedded model, or a local transformers folder, in this process.
 - `python`: a plugin: `class = "package.module:ClassName"` names a `base.Backend` subclass,
@@ -200,6 +212,18 @@ def _python(entry: ModelEntry, model: str, data_dir: str) -> Backend:
     return st.cls(**st.arguments)
 
 
+def _validate_server(where: str, options: dict[str, Any]) -> Any:
+    from batchpredict.backends.managed import ManagedSettings
+
+    return ManagedSettings.from_options(where, options)
+
+
+def _server(entry: ModelEntry, model: str, data_dir: str) -> Backend:
+    from batchpredict.backends.managed import ManagedServerBackend
+
+    return ManagedServerBackend(entry.name, entry.settings, data_dir=data_dir)
+
+
 @dataclass(frozen=True)
 class BackendKind:
     """How to check an entry's settings and build its backend."""
@@ -219,6 +243,7 @@ BACKEND_KINDS: dict[str, BackendKind] = {
     "local": BackendKind(_validate_local, _local),
     "openai": BackendKind(_openai[0], _openai[1], per_model=True),
     "gemini": BackendKind(_gemini[0], _gemini[1], per_model=True),
+    "server": BackendKind(_validate_server, _server),
     "python": BackendKind(_validate_python, _python),
 }
 
@@ -360,7 +385,8 @@ class ModelRegistry:
         (and, for remote backends, the same served model).
 
         `start()` runs each time a job takes the backend (it does nothing when already
-        started)."""
+        started): a managed server stopped while idle starts again here, and one that could
+        not start is tried again, so its error fails this job rather than its rows."""
         entry = self.resolve(model)
         kind = BACKEND_KINDS[entry.backend]
         served = ""

@@ -52,8 +52,8 @@ def _registry(settings: Settings) -> Any:
     from batchpredict.backends.registry import ModelRegistry
 
     if settings.models_file:
-        return ModelRegistry.load(settings.models_file)
-    return ModelRegistry.default()
+        return ModelRegistry.load(settings.models_file, data_dir=settings.data_dir)
+    return ModelRegistry.default(data_dir=settings.data_dir)
 
 
 def create_app(

@@ -50,7 +50,7 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
     [
         ({"name": "m", "backend": "vllm"},
          "models[0] ('m'): backend 'vllm' does not exist. Available backends: gemini, local, "
-         "openai, python."),
+         "openai, python, server."),
         ({"name": "m", "backend": "openai", "base_url": "http://h/v1", "concurrency": "lots"},
          "models[0] ('m'): concurrency must be an integer, got 'lots'."),
         ({"name": "m", "backend": "openai", "base_url": "http://h/v1", "rpm": -1},
@@ -86,6 +86,16 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
          "batchpredict.backends.base.Backend."),
         ({"name": "m", "backend": "python", "class": "batchpredict.backends.base:Backend"},
          "models[0] ('m'): class 'batchpredict.backends.base:Backend' is abstract"),
+        ({"name": "m", "backend": "server"},
+         "models[0] ('m'): command is required: the server's argv"),
+        ({"name": "m", "backend": "server", "command": "vllm serve"},
+         "models[0] ('m'): command must be a list of strings"),
+        ({"name": "m", "backend": "server", "command": ["vllm", "serve", "x"]},
+         "models[0] ('m'): command must pass {port} to the server"),
+        ({"name": "m", "backend": "server", "command": ["x", "{port}"], "idle_seconds": -1},
+         "models[0] ('m'): idle_seconds must be 0 (never) or more."),
+        ({"name": "m", "backend": "server", "command": ["x", "{port}"], "startup_secs": 9},
+         "models[0] ('m'): unknown setting 'startup_secs'. Settings of this backend:"),
         ({"backend": "openai"}, "models[0] needs a name and a backend"),
     ],
 )
@@ -152,7 +162,19 @@ def test_examples_file_loads_and_documents_every_backend() -> None:
     """Loading checks every entry's settings; the managed servers carry the throughput flags."""
     reg = ModelRegistry.load(str(REPO / "examples" / "models.toml"))
     kinds = {e.backend for e in reg.entries}
-    assert {"local", "openai", "gemini"} <= kinds
+    assert {"local", "openai", "gemini", "server"} <= kinds
+    servers = {e.name: e.settings for e in reg.entries if e.backend == "server"}
+    commands = {name: " ".join(st.command) for name, st in servers.items()}
+    vllm = next(c for c in commands.values() if " serve " in c and "vllm" in c)
+    for flag in ("--max-num-seqs", "--max-model-len", "--gpu-memory-utilization",
+                 "--enable-prefix-caching", "--port {port}"):
+        assert flag in vllm
+    sglang = next(c for c in commands.values() if "sglang.launch_server" in c)
+    for flag in ("--max-running-requests", "--mem-fraction-static", "--port {port}"):
+        assert flag in sglang
+    assert any(c.startswith("transformers serve") for c in commands.values())
+    for st in servers.values():
+        assert st.startup_seconds > 0 and st.env
 
 
 def test_a_python_entry_builds_its_class_with_the_entrys_options(tmp_path: Path) -> None:
@@ -172,7 +194,7 @@ def test_a_python_entry_builds_its_class_with_the_entrys_options(tmp_path: Path)
 def test_no_test_backend_ships_in_the_package() -> None:
     from batchpredict.backends.registry import BACKEND_KINDS
 
-    assert set(BACKEND_KINDS) == {"local", "openai", "gemini", "python"}
+    assert set(BACKEND_KINDS) == {"local", "openai", "gemini", "python", "server"}
     assert not list((REPO / "batchpredict").rglob("testing*.py"))
 
 
