@@ -125,6 +125,54 @@ def test_a_server_killed_mid_job_is_restarted_and_every_row_is_written_once(
     assert group_members(first) == [] and group_members(second) == []
 
 
+SECOND_START_FAILS = (
+    "import os, runpy, sys\n"
+    "marker, port = sys.argv[1:]\n"
+    "if os.path.exists(marker):\n"
+    "    sys.exit('refusing to start again: GPU still busy (pretend)')\n"
+    "open(marker, 'w').close()\n"
+    "sys.argv = ['openai_server', '--port', port, '--latency', '0.1']\n"
+    "runpy.run_module('tests.doubles.openai_server', run_name='__main__')\n"
+)
+
+
+def test_a_server_that_cannot_restart_fails_the_remaining_rows_once_each(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """No restart storm and no hang: one failed restart is remembered for the rest of the job."""
+    registry = write_registry(tmp_path / "models.toml", {
+        "name": "fragile", "backend": "server",
+        "command": [sys.executable, "-c", SECOND_START_FAILS, str(tmp_path / "started"),
+                    "{port}"],
+        "concurrency": 4, "retries": 3, "timeout": 10, **FAST,
+    })
+    rows = [{"key": i, "request": text_request(f"row {i}")} for i in range(80)]
+    out = tmp_path / "out"
+    env = cli_env(data_dir, BATCHPREDICT_MODELS_FILE=str(registry),
+                  BATCHPREDICT_CHUNK_ROWS="4", BATCHPREDICT_POLL_SECONDS="0.05")
+    job = subprocess.Popen(run_args(write_jsonl(tmp_path / "in.jsonl", rows), out, "fragile"),
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = log_file(data_dir, "fragile")
+    try:
+        [first] = wait_for("the server to start", lambda: server_pids(log))
+        wait_for("a committed chunk", lambda: list(out.glob("*/incremental_predictions/*")))
+        subprocess.run(["kill", "-KILL", str(first)], check=True)
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        stop_all(job, log)
+    lines = read_predictions(out)
+    assert [line["key"] for line in lines] == list(range(80))
+    ok = [line for line in lines if line["status"] == ""]
+    failed = [line for line in lines if line["status"] != ""]
+    assert ok and failed, stdout + stderr
+    assert summary_counts(stdout) == (len(ok), len(failed), 0)
+    for line in failed:
+        assert line["status"].startswith("Service Unavailable: ")
+        assert "refusing to start again: GPU still busy (pretend)" in line["status"]
+    assert log.read_text().count(": starting `") == 2  # the crashed one, one failed restart
+    assert all(group_members(pid) == [] for pid in server_pids(log))
+
+
 # -- servers that cannot start fail the job, quoting their log ---------------------------------
 CRASH = ("import sys; print('loading weights', flush=True); "
          "print('RuntimeError: CUDA out of memory (pretend)', file=sys.stderr); sys.exit(3)")
