@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = """
 [[models]]
 name = "bench-*"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 options = { batch_size = 64 }
 """
 

@@ -1,7 +1,7 @@
 """Runner overhead: batchpredict's own work per row, against a bare loop that does only the
 unavoidable part (read, parse, build the output line, serialise, write).
 
-The model is `InstantTestDouble` (batchpredict/testing.py), a test double that answers at once, so
+The model is `InstantTestDouble` (tests/doubles/instant.py), a test double that answers at once, so
 what is measured is the runner: streaming input, validation, batching, ordering, chunked export,
 checkpoints and final assembly. Each measurement runs in a fresh process so peak RSS is its own.
 
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+REPO = Path(__file__).resolve().parent.parent
 
 REQUEST = {
     "contents": [
@@ -77,7 +79,9 @@ def runner(src: Path, out: Path, data: Path) -> dict[str, int]:
     from batchpredict.config import Settings
     from batchpredict.jobs import RunsIn
     from batchpredict.service import JobRequest, JobService, Scope
-    from batchpredict.testing import InstantTestDouble
+
+    sys.path.insert(0, str(REPO))  # the test double lives in tests/, outside the package
+    from tests.doubles.instant import InstantTestDouble
 
     settings = Settings(data_dir=str(data), chunk_rows=10_000, chunk_seconds=10.0)
     service = JobService.open(settings, registry=ModelRegistry.serving(InstantTestDouble()))

@@ -1,6 +1,6 @@
 """Saturation: can batchpredict keep C requests in flight against a server that answers after L s?
 
-The server is batchpredict's latency TEST DOUBLE (batchpredict/testing_server.py, an
+The server is batchpredict's latency TEST DOUBLE (tests/doubles/openai_server.py, an
 OpenAI-compatible server answering canned text after exactly L seconds), in its own process.
 With C requests in flight the ideal is C / L rows per second; the aim is 95% of it.
 
@@ -191,7 +191,7 @@ def run_curator(venv: Path, url: str, rows: int, concurrency: int,
 # -- driver -------------------------------------------------------------------------------------
 def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchpredict.testing_server", "--latency", str(latency)],
+        [sys.executable, "-m", "tests.doubles.openai_server", "--latency", str(latency)],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

@@ -41,7 +41,8 @@ class Backend(abc.ABC):
     max_concurrency: int = 1
 
     async def start(self) -> None:  # noqa: B027 - optional hook
-        """Load weights, open connection pools. Called once before the first `generate`."""
+        """Load weights, open connection pools, start a server. Called before the first
+        `generate` and again each time a job takes the backend: a no-op when already started."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what `start` took."""

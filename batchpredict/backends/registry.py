@@ -17,7 +17,7 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
 
     [[models]]
     name = "llama-3.1-8b"            # or a glob: "gemini-*", "projects/*/locations/*/models/*"
-    backend = "openai"               # local | openai | gemini | test-double
+    backend = "openai"               # local | openai | gemini | server | python
     description = "vLLM on the GPU box"
     dedupe = true                    # send identical temperature-0 requests of a job once
     # backend settings, at the top level of the entry (or in a [models.options] table):
@@ -30,133 +30,68 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
     timeout = 600                    # seconds per attempt
     retries = 6                      # on 408/429/5xx/timeouts/connection errors
 
-Settings of each backend:
-- openai and gemini: `remote.RemoteSettings` (base_url, api_key_env, served_model, concurrency,
-  rpm, tpm, timeout, retries, backoff_initial, backoff_max, jitter, max_retry_after,
-  default_max_tokens, headers); openai adds `images` and `max_tokens_field`, gemini adds
-  `api_version` (and reads GEMINI_API_KEY unless api_key_env says otherwise).
-- local: the arguments of `LocalBackend` (model_path, batch_size, device, dtype, model_version,
-  threads); test-double: those of `testing.InstantTestDouble`.
-Every entry is checked when the file loads: an unknown backend, an unknown setting or a value of
-the wrong type is an error naming the file, the entry and the field. API keys are read when a
-job first uses the entry, so `batchpredict models list` works without them.
+The kinds of backend and their settings:
+- `openai`: an OpenAI-compatible server that is already running; `openai.OpenAISettings`
+  (`remote.RemoteSettings`: base_url, api_key_env, served_model, concurrency, rpm, tpm, timeout,
+  retries, backoff_initial, backoff_max, jitter, max_retry_after, default_max_tokens, headers;
+  plus `images` and `max_tokens_field`).
+- `gemini`: the Gemini API; RemoteSettings plus `api_version` (reads GEMINI_API_KEY unless
+  api_key_env says otherwise).
+- `server`: an engine server batchpredict starts, health-checks, restarts after a crash and stops
+  when idle or on exit (`managed.py`, which documents the lifecycle): every openai setting plus
+  `command` (argv; "{port}" becomes the port), `port` (0: a free one), `health_url`,
+  `startup_seconds`, `idle_seconds`, `stop_seconds`, `env`. Without `served_model`, the model
+  the server lists at /v1/models. One server per entry.
 
-Backends are started once and shared by every job naming the same entry (and, for remote
-backends, the same served model), so concurrency and rate limits hold across jobs.
+      [[models]]
+      name = "qwen2.5-7b"
+      backend = "server"
+      command = ["vllm", "serve", "Qwen/Qwen2.5-7B-Instruct", "--port", "{port}"]
+      concurrency = 256
+
+- `local`: the arguments of `LocalBackend` (model_path, batch_size, device, dtype, model_version,
+  threads): the embedded model, or a local transformers folder, in this process.
+- `python`: a plugin: `class = "package.module:ClassName"` names a `base.Backend` subclass,
+  imported when the file loads (it must be importable: installed, or on PYTHONPATH); the entry's
+  other settings are its constructor's keyword arguments, checked against its signature like
+  local's. The tests use it for their test doubles:
+
+      [[models]]
+      name = "instant"
+      backend = "python"
+      class = "tests.doubles.instant:InstantTestDouble"
+      options = { batch_size = 16 }
+
+Every entry is checked when the file loads: an unknown backend, an unknown setting, a value of
+the wrong type or a class that cannot be imported is an error naming the file, the entry and the
+field. API keys are read when a job first uses the entry, so `batchpredict models list` works
+without them.
+
+Backends are created once and shared by every job naming the same entry (and, for openai and
+gemini, the same served model), so concurrency and rate limits hold across jobs. Each job that
+takes a backend calls its `start()` (a no-op once started; a managed server stopped while idle
+starts again there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import inspect
+import os
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchpredict.backends.base import Backend
+from batchpredict.backends.kinds import BACKEND_KINDS, BackendKind, short_name
 from batchpredict.errors import InvalidArgument
 
-__all__ = ["BACKEND_KINDS", "BackendKind", "ModelEntry", "ModelRegistry"]
+__all__ = ["BACKEND_KINDS", "BackendKind", "ModelEntry", "ModelRegistry"]  # kinds: kinds.py
 
 EMBEDDED = "smollm2-135m"
 #: The `backend` of an entry made by `ModelRegistry.serving` (not a kind a file may name).
 INSTANCE = "instance"
 _ENTRY_KEYS = {"name", "backend", "description", "dedupe", "options"}
-
-
-def short_name(model: str) -> str:
-    return model.rsplit("/", 1)[-1]
-
-
-# -- backend kinds ------------------------------------------------------------------------------
-def _signature_settings(cls_path: str) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
-    """A validator from a backend class's constructor: known names and simple types."""
-
-    def validate(where: str, options: dict[str, Any]) -> dict[str, Any]:
-        module, _, name = cls_path.rpartition(".")
-        cls = getattr(__import__(module, fromlist=[name]), name)
-        params = {n: p for n, p in inspect.signature(cls).parameters.items()
-                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        for key, value in options.items():
-            if key not in params:
-                raise InvalidArgument(
-                    f"{where}: unknown setting {key!r}. Settings of this backend: "
-                    f"{', '.join(sorted(params))}."
-                )
-            _check_type(where, key, value, str(params[key].annotation))
-        return dict(options)
-
-    return validate
-
-
-_SIMPLE: dict[str, type | tuple[type, ...]] = {
-    "int": int, "float": (int, float), "str": str, "bool": bool,
-}
-
-
-def _check_type(where: str, key: str, value: Any, annotation: str) -> None:
-    kinds = [a.strip() for a in annotation.split("|")]
-    if value is None or not all(k in _SIMPLE or k == "None" for k in kinds):
-        return  # not a simple annotation: the backend checks it
-    ok = any(
-        k != "None" and isinstance(value, _SIMPLE[k])
-        and not (isinstance(value, bool) and k != "bool")
-        for k in kinds
-    )
-    if not ok:
-        wanted = " or ".join(k for k in kinds if k != "None")
-        raise InvalidArgument(f"{where}: {key} must be {wanted}, got {value!r}.")
-
-
-def _remote(module: str, cls_name: str, settings_name: str) -> tuple[Any, Any]:
-    def validate(where: str, options: dict[str, Any]) -> Any:
-        mod = __import__(f"batchpredict.backends.{module}", fromlist=[settings_name])
-        return getattr(mod, settings_name).from_options(where, options)
-
-    def create(entry: ModelEntry, model: str) -> Backend:
-        mod = __import__(f"batchpredict.backends.{module}", fromlist=[cls_name])
-        served = entry.settings.served_model or short_name(model)
-        return getattr(mod, cls_name)(served, entry.settings, entry=entry.name)  # type: ignore[no-any-return]
-
-    return validate, create
-
-
-def _local(entry: ModelEntry, model: str) -> Backend:
-    from batchpredict.backends.local import LocalBackend
-
-    return LocalBackend(**entry.settings)
-
-
-def _test_double(entry: ModelEntry, model: str) -> Backend:
-    from batchpredict.testing import InstantTestDouble
-
-    return InstantTestDouble(**entry.settings)
-
-
-@dataclass(frozen=True)
-class BackendKind:
-    """How to check an entry's settings and build its backend."""
-
-    validate: Callable[[str, dict[str, Any]], Any]
-    create: Callable[[ModelEntry, str], Backend]
-    #: One backend per served model (remote servers), else one per entry.
-    per_model: bool = False
-
-
-_openai = _remote("openai", "OpenAIBackend", "OpenAISettings")
-_gemini = _remote("gemini", "GeminiBackend", "GeminiSettings")
-
-#: `backend = "..."` -> how that backend is checked and built.
-BACKEND_KINDS: dict[str, BackendKind] = {
-    "local": BackendKind(_signature_settings("batchpredict.backends.local.LocalBackend"), _local),
-    "openai": BackendKind(_openai[0], _openai[1], per_model=True),
-    "gemini": BackendKind(_gemini[0], _gemini[1], per_model=True),
-    "test-double": BackendKind(
-        _signature_settings("batchpredict.testing.InstantTestDouble"), _test_double
-    ),
-}
 
 
 # -- entries ------------------------------------------------------------------------------------
@@ -217,9 +152,13 @@ def _entry_from_toml(where: str, item: Any) -> ModelEntry:
 
 
 class ModelRegistry:
-    def __init__(self, entries: list[ModelEntry], source: str = "the built-in registry") -> None:
+    def __init__(self, entries: list[ModelEntry], source: str = "the built-in registry",
+                 data_dir: str | None = None) -> None:
         self.entries = entries
         self.source = source
+        #: Where backends keep files (the logs of managed servers); default: the data dir of
+        #: `Settings.from_env()`.
+        self.data_dir = data_dir
         for i, entry in enumerate(entries):
             if entry.settings is None:
                 where = f"{source}: models[{i}] ({entry.name!r})"
@@ -243,19 +182,20 @@ class ModelRegistry:
         return cls([entry], source="a backend instance")
 
     @classmethod
-    def default(cls) -> ModelRegistry:
+    def default(cls, data_dir: str | None = None) -> ModelRegistry:
         return cls([ModelEntry(e.name, e.backend, dict(e.options), e.description, e.dedupe)
-                    for e in DEFAULT_ENTRIES])
+                    for e in DEFAULT_ENTRIES], data_dir=data_dir)
 
     @classmethod
     def from_settings(cls, settings: Any) -> ModelRegistry:
-        """The registry an app or command is built with: `models_file`, else the built-in one."""
+        """The registry an app or command is built with: `models_file`, else the built-in one;
+        managed servers keep their logs under `data_dir`."""
         if settings.models_file:
-            return cls.load(settings.models_file)
-        return cls.default()
+            return cls.load(settings.models_file, data_dir=settings.data_dir)
+        return cls.default(data_dir=settings.data_dir)
 
     @classmethod
-    def load(cls, path: str) -> ModelRegistry:
+    def load(cls, path: str, data_dir: str | None = None) -> ModelRegistry:
         """Read a TOML registry (format in the module docstring); every entry is checked."""
         try:
             with open(path, "rb") as f:
@@ -279,7 +219,7 @@ class ModelRegistry:
         entries = [_entry_from_toml(f"{path}: models[{i}]", item) for i, item in enumerate(models)]
         if data.get("include_defaults", False):
             entries.extend(cls.default().entries)
-        return cls(entries, source=path)
+        return cls(entries, source=path, data_dir=data_dir)
 
     def resolve(self, model: str) -> ModelEntry:
         if any(c in model for c in "*?["):
@@ -299,24 +239,38 @@ class ModelRegistry:
     def create_backend(self, entry: ModelEntry, model: str | None = None) -> Backend:
         if entry.backend == INSTANCE:
             return entry.settings["instance"]  # type: ignore[no-any-return]
-        backend = BACKEND_KINDS[entry.backend].create(entry, model or entry.name)
+        data_dir = self.data_dir
+        if data_dir is None:
+            from batchpredict.config import Settings
+
+            data_dir = Settings.from_env().data_dir
+        backend = BACKEND_KINDS[entry.backend].create(
+            entry, model or entry.name, os.path.expanduser(data_dir)
+        )
         backend.dedupe = entry.dedupe  # type: ignore[attr-defined]  # read by dedupe.for_job
         return backend
 
     async def backend_for(self, model: str) -> Backend:
         """The started backend for `model`, shared by every job that names the same entry
-        (and, for remote backends, the same served model)."""
+        (and, for remote backends, the same served model).
+
+        `start()` runs each time a job takes the backend (it does nothing when already
+        started): a managed server stopped while idle starts again here, and one that could
+        not start is tried again, so its error fails this job rather than its rows."""
         entry = self.resolve(model)
         served = ""
         if entry.backend != INSTANCE and BACKEND_KINDS[entry.backend].per_model:
             served = getattr(entry.settings, "served_model", "") or short_name(model)
         key = (id(entry), served)
         async with self._lock:
-            if key not in self._backends:
+            backend = self._backends.get(key)
+            if backend is None:
                 backend = self.create_backend(entry, model)
                 await backend.start()
                 self._backends[key] = backend
-            return self._backends[key]
+                return backend
+        await backend.start()
+        return backend
 
     async def close(self) -> None:
         for backend in self._backends.values():

@@ -131,6 +131,10 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
         'a table of strings, e.g. { "X-Team" = "ml" }',
     ),
+    "list[str]": (
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        'a list of strings, e.g. ["vllm", "serve", "MODEL"]',
+    ),
 }
 _NON_NEGATIVE = {"rpm", "tpm", "retries", "backoff_initial", "backoff_max", "max_retry_after"}
 _POSITIVE = {"concurrency", "timeout", "default_max_tokens"}
@@ -310,6 +314,9 @@ class RemoteCaller:
         self.paused_until = 0.0
         #: attempts, retries, and failures by HTTP code: for logs, tests and benchmarks.
         self.stats: Counter[str] = Counter()
+        #: Awaited before each attempt, outside the timeout and the concurrency slot: a managed
+        #: server waits here until it is (re)started. A BatchPredictError it raises is the row's.
+        self.before_attempt: Callable[[], Awaitable[None]] | None = None
 
     async def _sleep(self, seconds: float) -> None:
         await self.sleep(seconds)
@@ -342,6 +349,11 @@ class RemoteCaller:
         `send` raises RemoteFailure for HTTP errors and broken connections; a timeout is ours."""
         st = self.settings
         for attempt in range(st.retries + 1):
+            if self.before_attempt is not None:
+                try:
+                    await self.before_attempt()
+                except BatchPredictError as exc:
+                    return exc
             await self._admit(tokens)
             self.stats["attempts"] += 1
             async with self.slots:

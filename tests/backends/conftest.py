@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batchpredict.testing_server import ServerThread, TestDoubleServer
+from tests.doubles.openai_server import ServerThread, TestDoubleServer
 
 
 def toml_value(value: Any) -> str:
@@ -36,6 +38,15 @@ def write_registry(path: Path, *entries: dict[str, Any], include_defaults: bool 
         lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+def transformers_cli() -> str:
+    """The `transformers` command of this environment (transformers[serving])."""
+    local = Path(sys.executable).parent / "transformers"
+    found = str(local) if local.exists() else shutil.which("transformers")
+    if not found:
+        pytest.fail("the `transformers` command is missing: pip install 'transformers[serving]'")
+    return found
 
 
 def summary_counts(stdout: str) -> tuple[int, int, int]:

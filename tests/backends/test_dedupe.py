@@ -11,9 +11,9 @@ from batchpredict.backends.base import Backend
 from batchpredict.backends.dedupe import DedupingBackend, for_job
 from batchpredict.errors import BatchPredictError, Unavailable
 from batchpredict.schema import GenerateContentRequest, parse_request
-from batchpredict.testing_server import TestDoubleServer
 from tests.backends.conftest import summary_counts, write_registry
 from tests.conftest import read_predictions, text_request, write_jsonl
+from tests.doubles.openai_server import TestDoubleServer
 
 
 class Recorder(Backend):

@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from batchpredict.testing_server import TestDoubleServer
 from tests.backends.conftest import summary_counts, write_registry
 from tests.conftest import read_predictions, text_request, write_jsonl
+from tests.doubles.openai_server import TestDoubleServer
 
 FAST_RETRY = {"backoff_initial": 0.01, "backoff_max": 0.05, "timeout": 0.5}
 

@@ -10,9 +10,9 @@ from typing import Any
 from batchpredict.backends.gemini import GeminiBackend, GeminiSettings
 from batchpredict.errors import BatchPredictError
 from batchpredict.schema import parse_request
-from batchpredict.testing_server import TestDoubleServer
 from tests.backends.conftest import summary_counts, write_registry
 from tests.conftest import read_predictions, text_request, write_jsonl
+from tests.doubles.openai_server import TestDoubleServer
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 REQUEST: dict[str, Any] = {

@@ -17,7 +17,7 @@ from batchpredict.backends.openai import (
 )
 from batchpredict.errors import BatchPredictError
 from batchpredict.schema import parse_request
-from batchpredict.testing_server import TestDoubleServer
+from tests.doubles.openai_server import TestDoubleServer
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 

@@ -15,6 +15,7 @@ from batchpredict.errors import InvalidArgument
 from tests.backends.conftest import write_registry
 
 REPO = Path(__file__).resolve().parents[2]
+INSTANT = "tests.doubles.instant:InstantTestDouble"
 
 
 def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
         {"name": "publishers/google/models/gemini-2.5-pro", "backend": "gemini"},
         {"name": "publishers/google/models/gemini-*", "backend": "openai",
          "base_url": "http://127.0.0.1:1/v1"},
-        {"name": "projects/*/locations/*/models/*", "backend": "test-double"},
+        {"name": "projects/*/locations/*/models/*", "backend": "python", "class": INSTANT},
         {"name": "llama-3.?-8b", "backend": "openai", "base_url": "http://127.0.0.1:2/v1"},
         include_defaults=True,
     )))
@@ -35,7 +36,7 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
     assert backend("gemini-2.5-pro") == "gemini"  # a bare name is a Google publisher model
     assert backend("publishers/google/models/gemini-2.5-flash") == "openai"
     assert backend("gemini-2.0-flash-001") == "openai"
-    assert backend("projects/p1/locations/us-central1/models/123") == "test-double"
+    assert backend("projects/p1/locations/us-central1/models/123") == "python"
     assert backend("llama-3.1-8b") == "openai"
     assert backend("smollm2-135m") == "local"  # the built-in entries follow
     with pytest.raises(InvalidArgument) as err:
@@ -49,7 +50,7 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
     [
         ({"name": "m", "backend": "vllm"},
          "models[0] ('m'): backend 'vllm' does not exist. Available backends: gemini, local, "
-         "openai, test-double."),
+         "openai, python, server."),
         ({"name": "m", "backend": "openai", "base_url": "http://h/v1", "concurrency": "lots"},
          "models[0] ('m'): concurrency must be an integer, got 'lots'."),
         ({"name": "m", "backend": "openai", "base_url": "http://h/v1", "rpm": -1},
@@ -66,9 +67,35 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
          "models[0] ('m'): batch_size must be int, got 'big'."),
         ({"name": "m", "backend": "local", "dedupe": "yes"},
          "models[0]: dedupe must be true or false, got 'yes'."),
-        ({"name": "m", "backend": "test-double", "speed": 1},
-         "unknown setting 'speed'. Settings of this backend: batch_size, delay_seconds, "
-         "max_concurrency."),
+        ({"name": "m", "backend": "python", "class": INSTANT, "speed": 1},
+         "models[0] ('m'): unknown setting 'speed'. Settings of this backend: batch_size, "
+         "delay_seconds, max_concurrency."),
+        ({"name": "m", "backend": "python", "class": INSTANT, "delay_seconds": "1s"},
+         "models[0] ('m'): delay_seconds must be float, got '1s'."),
+        ({"name": "m", "backend": "python"},
+         "models[0] ('m'): class must name a Backend subclass as \"package.module:ClassName\", "
+         "got None."),
+        ({"name": "m", "backend": "python", "class": "tests.doubles.nothing_here:X"},
+         "models[0] ('m'): class 'tests.doubles.nothing_here:X' cannot be imported: No module "
+         "named 'tests.doubles.nothing_here'. Install its package, or put the folder"),
+        ({"name": "m", "backend": "python", "class": "tests.doubles.instant:Missing"},
+         "models[0] ('m'): class 'tests.doubles.instant:Missing': module tests.doubles.instant "
+         "has no Missing."),
+        ({"name": "m", "backend": "python", "class": "tests.doubles.instant:RESPONSE"},
+         "models[0] ('m'): class 'tests.doubles.instant:RESPONSE' is not a subclass of "
+         "batchpredict.backends.base.Backend."),
+        ({"name": "m", "backend": "python", "class": "batchpredict.backends.base:Backend"},
+         "models[0] ('m'): class 'batchpredict.backends.base:Backend' is abstract"),
+        ({"name": "m", "backend": "server"},
+         "models[0] ('m'): command is required: the server's argv"),
+        ({"name": "m", "backend": "server", "command": "vllm serve"},
+         "models[0] ('m'): command must be a list of strings"),
+        ({"name": "m", "backend": "server", "command": ["vllm", "serve", "x"]},
+         "models[0] ('m'): command must pass {port} to the server"),
+        ({"name": "m", "backend": "server", "command": ["x", "{port}"], "idle_seconds": -1},
+         "models[0] ('m'): idle_seconds must be 0 (never) or more."),
+        ({"name": "m", "backend": "server", "command": ["x", "{port}"], "startup_secs": 9},
+         "models[0] ('m'): unknown setting 'startup_secs'. Settings of this backend:"),
         ({"backend": "openai"}, "models[0] needs a name and a backend"),
     ],
 )
@@ -132,9 +159,43 @@ async def test_a_missing_api_key_is_a_clear_error(tmp_path: Path, monkeypatch) -
 
 
 def test_examples_file_loads_and_documents_every_backend() -> None:
+    """Loading checks every entry's settings; the managed servers carry the throughput flags."""
     reg = ModelRegistry.load(str(REPO / "examples" / "models.toml"))
     kinds = {e.backend for e in reg.entries}
-    assert {"local", "openai", "gemini"} <= kinds
+    assert {"local", "openai", "gemini", "server"} <= kinds
+    servers = {e.name: e.settings for e in reg.entries if e.backend == "server"}
+    commands = {name: " ".join(st.command) for name, st in servers.items()}
+    vllm = next(c for c in commands.values() if " serve " in c and "vllm" in c)
+    for flag in ("--max-num-seqs", "--max-model-len", "--gpu-memory-utilization",
+                 "--enable-prefix-caching", "--port {port}"):
+        assert flag in vllm
+    sglang = next(c for c in commands.values() if "sglang.launch_server" in c)
+    for flag in ("--max-running-requests", "--mem-fraction-static", "--port {port}"):
+        assert flag in sglang
+    assert any(c.startswith("transformers serve") for c in commands.values())
+    for st in servers.values():
+        assert st.startup_seconds > 0 and st.env
+
+
+def test_a_python_entry_builds_its_class_with_the_entrys_options(tmp_path: Path) -> None:
+    from tests.doubles.instant import InstantTestDouble
+
+    reg = ModelRegistry.load(str(write_registry(
+        tmp_path / "m.toml",
+        {"name": "instant", "backend": "python", "class": INSTANT, "batch_size": 3,
+         "delay_seconds": 0},
+    )))
+    [entry] = reg.entries
+    assert entry.summary() == f"{INSTANT}(batch_size=3, delay_seconds=0)"
+    backend = reg.create_backend(entry)
+    assert isinstance(backend, InstantTestDouble) and backend.batch_size == 3
+
+
+def test_no_test_backend_ships_in_the_package() -> None:
+    from batchpredict.backends.registry import BACKEND_KINDS
+
+    assert set(BACKEND_KINDS) == {"local", "openai", "gemini", "python", "server"}
+    assert not list((REPO / "batchpredict").rglob("testing*.py"))
 
 
 def test_models_list_shows_the_registry(run_cli, tmp_path: Path) -> None:
@@ -162,3 +223,13 @@ def test_models_list_shows_the_registry(run_cli, tmp_path: Path) -> None:
     unknown = run_cli("run", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o"),
                       "--model", "mistral", env=env)
     assert unknown.returncode == 2 and "Available: llama-*, smollm2-135m" in unknown.stderr
+
+
+def test_every_backend_kind_is_documented() -> None:
+    from batchpredict.backends import registry
+    from batchpredict.backends.registry import BACKEND_KINDS
+
+    readme = (REPO / "README.md").read_text()
+    for kind in BACKEND_KINDS:
+        assert f'backend = "{kind}"' in readme, kind
+        assert f"- `{kind}`:" in (registry.__doc__ or ""), kind

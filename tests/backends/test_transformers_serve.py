@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends.conftest import summary_counts, write_registry
+from tests.backends.conftest import summary_counts, transformers_cli, write_registry
 from tests.conftest import read_predictions, text_request, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -32,14 +30,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _transformers_cli() -> str:
-    local = Path(sys.executable).parent / "transformers"
-    found = str(local) if local.exists() else shutil.which("transformers")
-    if not found:
-        pytest.fail("the `transformers` command is missing: pip install 'transformers[serving]'")
-    return found
 
 
 def _get(url: str, timeout: float = 2) -> bytes:
@@ -65,7 +55,7 @@ def transformers_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [_transformers_cli(), "serve", folder, "--host", "127.0.0.1", "--port", str(port),
+            [transformers_cli(), "serve", folder, "--host", "127.0.0.1", "--port", str(port),
              "--device", "cpu"],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )

@@ -12,7 +12,8 @@ from batchpredict.cli import EXIT
 from tests.conftest import text_request, write_jsonl
 
 FAST_MODELS = ('[[models]]\nname = "a-very-long-model-name-that-would-not-fit-in-eighty-'
-               'columns-of-terminal"\nbackend = "test-double"\n')
+               'columns-of-terminal"\nbackend = "python"\n'
+               'class = "tests.doubles.instant:InstantTestDouble"\n')
 
 
 def test_a_missing_input_creates_no_job_and_exits_not_found(run_cli, tmp_path: Path) -> None:

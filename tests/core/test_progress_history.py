@@ -8,8 +8,8 @@ from pathlib import Path
 
 from batchpredict.jobs import PROGRESS_HISTORY_MAX, PROGRESS_HISTORY_STEP, Job, utcnow
 from batchpredict.store.sqlite import SQLiteJobStore
-from batchpredict.testing import InstantTestDouble
 from tests.conftest import job_service, submit_and_run, text_request, write_jsonl
+from tests.doubles.instant import InstantTestDouble
 
 
 def test_history_is_sparse_bounded_and_keeps_both_ends() -> None:

@@ -17,7 +17,6 @@ from batchpredict.output import ChunkedOutput, make_output_dir
 from batchpredict.schema import GenerateContentRequest
 from batchpredict.server.vertex.resource import job_resource
 from batchpredict.store.sqlite import SQLiteJobStore
-from batchpredict.testing import RESPONSE, InstantTestDouble
 from tests.conftest import (
     job_service,
     read_predictions,
@@ -26,6 +25,7 @@ from tests.conftest import (
     text_request,
     write_jsonl,
 )
+from tests.doubles.instant import RESPONSE, InstantTestDouble
 
 S = JobState
 

@@ -11,8 +11,8 @@ import pytest
 from batchpredict.errors import FailedPrecondition, NotFound
 from batchpredict.jobs import Job, JobState
 from batchpredict.store.base import JobStore
-from batchpredict.testing import InstantTestDouble
 from tests.conftest import job_service, read_predictions, submit_and_run, text_request, write_jsonl
+from tests.doubles.instant import InstantTestDouble
 
 S = JobState
 

@@ -34,25 +34,29 @@ LAUNCH_ARGS = [
 MODELS_TOML = """
 [[models]]
 name = "instant"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 description = "test double: answers at once"
 options = { batch_size = 16 }
 
 [[models]]
 name = "steady"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 description = "test double: ~20 rows/s"
 options = { delay_seconds = 0.1, batch_size = 2, max_concurrency = 1 }
 
 [[models]]
 name = "slow"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 description = "test double: ~10 rows/s"
 options = { delay_seconds = 0.1, batch_size = 1, max_concurrency = 1 }
 
 [[models]]
 name = "gemini-*"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 description = "test double under Gemini-style names"
 options = { batch_size = 16 }
 """

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from batchpredict.testing_server import ServerThread, TestDoubleServer
 from tests.conftest import read_predictions, write_jsonl
+from tests.doubles.openai_server import ServerThread, TestDoubleServer
 from tests.security.conftest import SECRET_B, SERVER_SECRET, Tenants, tenants_setup
 from tests.server.conftest import MODELS_TOML
 

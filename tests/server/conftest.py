@@ -31,13 +31,15 @@ include_defaults = true
 
 [[models]]
 name = "slow-*"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 description = "test double, ~20 rows/s"
 options = { delay_seconds = 0.05, batch_size = 1, max_concurrency = 1 }
 
 [[models]]
 name = "fast-*"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 options = { batch_size = 16 }
 """
 

@@ -19,11 +19,13 @@ from tests.emulators import Bucket
 MODELS = """
 [[models]]
 name = "fast"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 
 [[models]]
 name = "slow"
-backend = "test-double"
+backend = "python"
+class = "tests.doubles.instant:InstantTestDouble"
 options = { delay_seconds = 0.25, batch_size = 2, max_concurrency = 1 }
 """
 

@@ -1,9 +1,13 @@
-"""Test doubles: stand-ins for a model, for tests and benchmarks only. Never a default.
+"""A test double backend: a stand-in for a model, for tests and benchmarks only.
 
 `InstantTestDouble` answers every request with the same well-formed Gemini response (text "ok",
 2 prompt + 2 output tokens), after `delay_seconds` per call (0: at once). The runner-overhead
 benchmark uses it to measure batchpredict's own work per row; tests and registry files name it
-(`backend = "test-double"`) to exercise the whole path without a model.
+through the plugin kind to exercise the whole path without a model:
+
+    backend = "python"
+    class = "tests.doubles.instant:InstantTestDouble"
+    options = { batch_size = 16, delay_seconds = 0.1 }
 """
 
 from __future__ import annotations

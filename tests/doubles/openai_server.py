@@ -1,6 +1,7 @@
 """A TEST DOUBLE HTTP server: OpenAI-compatible chat completions and the Gemini API's
 generateContent, answering canned text after a fixed latency, with faults injected on purpose.
-It is never a model and never a default; tests and benchmarks start it on loopback.
+It is never a model and never a default; tests and benchmarks start it on loopback (in a thread,
+or as `python -m tests.doubles.openai_server` from the repository root).
 
     POST /v1/chat/completions                       echo of the last user text, with usage
     POST /v1beta/models/{model}:generateContent     the same as a Gemini response (also /v1/...)
@@ -23,7 +24,7 @@ input meets the same faults whatever the order of arrival:
     url = await server.start()          # http://127.0.0.1:PORT ; OpenAI base_url = url + "/v1"
     ...; await server.stop()
     with ServerThread(TestDoubleServer(...)) as url: ...    # for synchronous tests
-    python -m batchpredict.testing_server --latency 0.2 [--port P] [--fault-rate 0.1]
+    python -m tests.doubles.openai_server --latency 0.2 [--port P] [--fault-rate 0.1]
 """
 
 from __future__ import annotations
