@@ -34,6 +34,7 @@ from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.config import RunnerSettings
 from batchpredict.errors import BatchPredictError, Cancelled, DeadlineExceeded, InvalidArgument
+from batchpredict.formats import codec_for
 from batchpredict.input import Row, count_rows, estimate_rows, iter_rows
 from batchpredict.jobs import Job, JobState, RowCounts, utcnow
 from batchpredict.store.base import JobStore
@@ -86,6 +87,7 @@ class JobRunner:
         self.out: output.ChunkedOutput | None = None
         self.live = RowCounts()  # rows answered, committed or not
         self.read_all = False
+        self.codec = codec_for(job.line_format)  # the job's input and output lines
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> Job:
@@ -111,7 +113,7 @@ class JobRunner:
         committed, chunks = self.out.committed()
         if committed != job.checkpoint.committed_rows:
             # The chunks are the truth: a crash came between a chunk and its checkpoint.
-            job.counts = output.ChunkedOutput.recount(chunks)
+            job.counts = output.ChunkedOutput.recount(chunks, self.codec)
             job.checkpoint.committed_rows = committed
 
         def start(j: Job) -> None:
@@ -191,7 +193,8 @@ class JobRunner:
     async def _dispatch(self) -> None:
         st, backend, buffer = self.settings, self.backend, self.buffer
         rows = iter_rows(
-            self.job.checkpoint.inputs, self.job.checkpoint.committed_rows, st.max_line_bytes
+            self.job.checkpoint.inputs, self.job.checkpoint.committed_rows, st.max_line_bytes,
+            self.job.line_format,
         )
         batch_size = max(1, backend.batch_size)
         read_batch = max(st.read_batch_rows, batch_size)
@@ -249,14 +252,14 @@ class JobRunner:
     def _deliver(self, row: Row, result: dict[str, Any] | BatchPredictError, when: str) -> None:
         live = self.live
         if isinstance(result, BatchPredictError):
-            line = output.error_line(row.extras, row.request, result, when)
+            line = self.codec.error_line(row.extras, row.request, result, when)
             self.buffer.add(row.index, (line, False, 0, 0))
             live.failed += 1
             return
         usage = result.get("usageMetadata") or {}
         prompt = int(usage.get("promptTokenCount") or 0)
         cand = int(usage.get("candidatesTokenCount") or 0)
-        line = output.success_line(row.extras, row.request, result, when)
+        line = self.codec.success_line(row.extras, row.request, result, when)
         self.buffer.add(row.index, (line, True, prompt, cand))
         live.succeeded += 1
         live.prompt_tokens += prompt
@@ -354,7 +357,7 @@ class JobRunner:
         if not job.total_rows:
             return S.JOB_STATE_FAILED, InvalidArgument(
                 f"The input has no rows: {', '.join(job.checkpoint.inputs)}. Each line must be a "
-                'JSON object such as {"request": {"contents": [...]}}.'
+                f"JSON object such as {self.codec.example}."
             )
         if job.counts.succeeded == 0:
             return S.JOB_STATE_FAILED, InvalidArgument(
