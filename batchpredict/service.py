@@ -251,6 +251,12 @@ class JobService:
         job = await self.get(scope, job_id)
         return job, OutputReader(job.output_dir, job.line_format)
 
+    def output_prefix_for(self, scope: Scope) -> str:
+        """Where a job made by the OpenAI or Gemini face writes (their APIs name no output):
+        `{uploads root}/{project}/batches`, beside the project's files."""
+        project = uploads.safe_file_name(scope.target[0])
+        return storage.join(self.settings.uploads_uri, project, "batches")
+
     # -- what a create form needs ---------------------------------------------------------
     async def defaults(self, scope: Scope) -> dict[str, Any]:
         """The caller's project and location, where uploads go, a suggested output prefix, and

@@ -221,6 +221,20 @@ class FileStore:
             cursor = (int(rows[-1].create_time.timestamp() * 1_000_000), rows[-1].id)
         return found[:limit], len(found) > limit
 
+    async def head(self, f: StoredFile, lines: int) -> builtins.list[bytes]:
+        """The first `lines` non-blank lines of an upload (each cut at the line size limit)."""
+        limit = self.settings.max_line_bytes
+
+        def read() -> builtins.list[bytes]:
+            found: builtins.list[bytes] = []
+            with storage.open_read(f.uri) as src:
+                while len(found) < lines and (raw := src.readline(limit)):
+                    if raw.strip():
+                        found.append(raw)
+            return found
+
+        return await asyncio.to_thread(read)
+
     async def content(self, scope: Scope, file_id: str) -> tuple[StoredFile, Iterator[bytes]]:
         """A file and its bytes, as blocks (an output file: the lines of its part)."""
         f = await self.get(scope, file_id)

@@ -3,6 +3,10 @@ and metrics. `create_app(settings)` builds it; `serve(settings, host, port)` run
 
     /v1[beta1]/projects/{p}/locations/{l}/batchPredictionJobs[/{id}[:cancel]]   see routes.py
     /v1[beta1]/batchPredictionJobs[/{id}[:cancel]]                              express mode
+    /v1/files, /v1/batches                      the OpenAI Batch API (openai/)
+    /v1[beta]/batches, /v1[beta]/files, /upload/v1[beta]/files, :batchGenerateContent
+                                                the Gemini Developer API (gemini/); on /v1 the
+                                                paths both faces use go through batch_paths.py
     /healthz   /metrics   /docs (OpenAPI)
     /console   the web console (console/), and the extra endpoints it uses
 
@@ -26,9 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchpredict.config import Settings
 from batchpredict.errors import BatchPredictError, Internal, InvalidArgument, error_for_http_status
-from batchpredict.server import console
+from batchpredict.server import batch_paths, console
 from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
+from batchpredict.server.gemini.routes import gemini_routes
 from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
+from batchpredict.server.openai.routes import router as openai_router
 from batchpredict.server.vertex.job_spec import describe_validation_errors
 from batchpredict.server.vertex.routes import (
     JSONResponse,
@@ -88,6 +94,12 @@ def create_app(
         parent = f"/{version}/projects/{{project}}/locations/{{location}}"
         app.include_router(job_routes(parent, vertex_scope))
         app.include_router(job_routes(f"/{version}", express_scope))
+    # The OpenAI and Gemini faces. Gemini's own routes first: `/v1/files/{id}:download` must
+    # not be taken for the shared `/v1/files/{id}`.
+    app.include_router(gemini_routes("v1beta", shared=True))
+    app.include_router(gemini_routes("v1", shared=False))
+    app.include_router(openai_router)
+    app.include_router(batch_paths.router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:

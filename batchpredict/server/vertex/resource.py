@@ -1,8 +1,8 @@
 """The BatchPredictionJob resource as Vertex renders it: the one place a `Job` becomes Vertex JSON.
 
-int64 counts are strings and times RFC 3339, as in Vertex's REST API. One field is ours alone,
-`progress` (total, done and token counts): the google-genai SDK ignores it; progress bars and the
-console need it. `job_resource` takes the job's live progress (rows answered but not yet
+int64 counts are strings and times RFC 3339, as in Vertex's REST API. Two fields are ours alone,
+`progress` (total, done and token counts) and `face` (the API the job came through: vertex,
+openai, gemini or cli): the google-genai SDK ignores them; progress bars and the console need them. `job_resource` takes the job's live progress (rows answered but not yet
 committed) when it runs in this process.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchpredict.jobs import Job, JobState, RowCounts, format_time, parse_time
+from batchpredict.jobs import Face, Job, JobState, RowCounts, format_time, parse_time
 
 __all__ = ["job_from_resource", "job_resource"]
 
@@ -33,6 +33,7 @@ def job_resource(job: Job, live_done: int | None = None, live_total: int | None 
         "state": job.state.value,
         "createTime": format_time(job.create_time),
         "updateTime": format_time(job.update_time),
+        "face": job.face.value,
     }
     if job.labels:
         out["labels"] = job.labels
@@ -97,6 +98,7 @@ def job_from_resource(data: dict[str, Any]) -> Job:
         incomplete=int(stats.get("incompleteCount") or 0),
         total_rows=int(total) if total else None,
         model_version=data.get("modelVersionId"),
+        face=Face(data.get("face") or Face.VERTEX),
     )
     for key, attr in (("createTime", "create_time"), ("updateTime", "update_time"),
                       ("startTime", "start_time"), ("endTime", "end_time")):
