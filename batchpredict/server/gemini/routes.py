@@ -190,11 +190,15 @@ async def _start_upload(request: Request) -> Response:
         meta = (orjson.loads(raw) if raw.strip() else {}).get("file") or {}
     except (orjson.JSONDecodeError, AttributeError):
         raise InvalidArgument('The start request body must be {"file": {...}} or empty.') from None
-    size = headers.get("x-goog-upload-header-content-length") or meta.get("sizeBytes")
+    def field(camel: str, snake: str) -> Any:  # protobuf JSON takes either spelling
+        return meta.get(camel) if meta.get(camel) is not None else meta.get(snake)
+
+    size = headers.get("x-goog-upload-header-content-length") or field("sizeBytes", "size_bytes")
     _, token = await _service(request).files.start_upload(
         scope,
-        meta.get("displayName") or headers.get("x-goog-upload-file-name") or "upload",
-        headers.get("x-goog-upload-header-content-type") or meta.get("mimeType")
+        field("displayName", "display_name") or headers.get("x-goog-upload-file-name")
+        or "upload",
+        headers.get("x-goog-upload-header-content-type") or field("mimeType", "mime_type")
         or "application/octet-stream",
         int(size) if size is not None and str(size).isdigit() else None,
     )
