@@ -127,6 +127,7 @@ def print_job(job: Job) -> None:
         ("name", job.name),
         ("display name", job.display_name),
         ("model", job.model),
+        ("face", job.face.value),
         ("state", state_text(job.state)),
         ("input", ", ".join(job.input_uris)),
         ("output", job.output_dir or ""),
@@ -146,7 +147,8 @@ def print_job(job: Job) -> None:
 def print_jobs_table(jobs: list[Job]) -> None:
     """A table of jobs, one per line."""
     table = Table()
-    for col in ("id", "display name", "model", "state", "succeeded", "failed", "created"):
+    for col in ("id", "display name", "model", "face", "state", "succeeded", "failed",
+                "created"):
         table.add_column(col)
     for j in jobs:
         pending = j.state == JobState.JOB_STATE_PENDING
@@ -154,6 +156,7 @@ def print_jobs_table(jobs: list[Job]) -> None:
             str(j.id),
             j.display_name,
             j.model,
+            j.face.value,
             state_text(j.state),
             "-" if pending else str(j.counts.succeeded),
             "-" if pending else str(j.counts.failed),
