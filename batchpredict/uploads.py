@@ -34,7 +34,13 @@ from typing import IO, TYPE_CHECKING
 from batchpredict import storage
 from batchpredict.config import Settings
 from batchpredict.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from batchpredict.files import FileState, StoredFile, new_file_id, output_file_id
+from batchpredict.files import (
+    OUTPUT_SUFFIX,
+    FileState,
+    StoredFile,
+    new_file_id,
+    output_file_id,
+)
 from batchpredict.jobs import Job, utcnow
 from batchpredict.output import OutputReader
 
@@ -284,7 +290,7 @@ class FileStore:
                     continue
                 f = StoredFile(
                     id=output_file_id(job.id, part), project=job.project,
-                    filename=f"batch_{job.id}_{'output' if part == 'succeeded' else part}.jsonl",
+                    filename=f"batch_{job.id}_{OUTPUT_SUFFIX[part]}.jsonl",
                     purpose="batch_output", size_bytes=sizes[part], uri=job.output_dir,
                     job_id=job.id, line_format=job.line_format.value, part=part)
                 if expires_after is not None:

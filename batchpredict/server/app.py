@@ -32,9 +32,7 @@ from batchpredict.config import Settings
 from batchpredict.errors import BatchPredictError, Internal, InvalidArgument, error_for_http_status
 from batchpredict.server import batch_paths, console
 from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
-from batchpredict.server.gemini.routes import gemini_routes
 from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
-from batchpredict.server.openai.routes import router as openai_router
 from batchpredict.server.vertex.job_spec import describe_validation_errors
 from batchpredict.server.vertex.routes import (
     JSONResponse,
@@ -94,12 +92,7 @@ def create_app(
         parent = f"/{version}/projects/{{project}}/locations/{{location}}"
         app.include_router(job_routes(parent, vertex_scope))
         app.include_router(job_routes(f"/{version}", express_scope))
-    # The OpenAI and Gemini faces. Gemini's own routes first: `/v1/files/{id}:download` must
-    # not be taken for the shared `/v1/files/{id}`.
-    app.include_router(gemini_routes("v1beta", shared=True))
-    app.include_router(gemini_routes("v1", shared=False))
-    app.include_router(openai_router)
-    app.include_router(batch_paths.router)
+    batch_paths.include_faces(app)  # the OpenAI Batch API and the Gemini Developer API
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 
 from batchpredict.server.gemini import routes as gemini
@@ -22,11 +22,20 @@ from batchpredict.server.openai import routes as openai
 from batchpredict.server.vertex.routes import express_scope
 from batchpredict.service import Scope
 
-__all__ = ["router"]
+__all__ = ["include_faces", "router"]
 
 InScope = Annotated[Scope, Depends(express_scope)]
 router = APIRouter(tags=["OpenAI Batch API", "Gemini Developer API batches"],
                    route_class=openai.OpenAIRoute)
+
+def include_faces(app: FastAPI) -> None:
+    """Mount the OpenAI and Gemini faces. Gemini's own routes first: `/v1/files/{id}:download`
+    must not be taken for the shared `/v1/files/{id}`."""
+    app.include_router(gemini.gemini_routes("v1beta", shared=True))
+    app.include_router(gemini.gemini_routes("v1", shared=False))
+    app.include_router(openai.router)
+    app.include_router(router)
+
 
 _AFTER = Query(None, description="OpenAI: the last id of the previous page.")
 _LIMIT = Query(20, description="OpenAI: batches 1-100 (default 20), files up to 10000.")

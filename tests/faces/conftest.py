@@ -1,4 +1,4 @@
-"""Fixtures of the faces tests: the real-server fixtures of tests/server, and OpenAI-format lines."""
+"""Fixtures of the faces tests: the real-server fixtures of tests/server, OpenAI-format lines."""
 
 from __future__ import annotations
 

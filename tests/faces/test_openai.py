@@ -100,6 +100,18 @@ def test_upload_create_poll_download_list_delete(server: ThreadServer) -> None:
     assert c.batches.retrieve(batch.id).status == "completed"  # its output stays
 
 
+def test_an_expired_file_is_gone(server: ThreadServer) -> None:
+    c = client(server)
+    kept = upload(c, [chat_line("a", "hi")])
+    brief = c.files.create(file=("brief.jsonl", io.BytesIO(b"{}\n")), purpose="batch",
+                           expires_after={"anchor": "created_at", "seconds": 1})
+    assert brief.expires_at == brief.created_at + 1
+    time.sleep(1.1)
+    with pytest.raises(openai.NotFoundError):
+        c.files.retrieve(brief.id)
+    assert [f.id for f in c.files.list()] == [kept]
+
+
 def test_list_pages_with_after_and_cancel_keeps_rows(server: ThreadServer) -> None:
     c = client(server)
     slow = c.batches.create(

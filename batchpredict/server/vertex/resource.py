@@ -2,8 +2,9 @@
 
 int64 counts are strings and times RFC 3339, as in Vertex's REST API. Two fields are ours alone,
 `progress` (total, done and token counts) and `face` (the API the job came through: vertex,
-openai, gemini or cli): the google-genai SDK ignores them; progress bars and the console need them. `job_resource` takes the job's live progress (rows answered but not yet
-committed) when it runs in this process.
+openai, gemini or cli): the google-genai SDK ignores them; progress bars and the console need
+them. `job_resource` takes the job's live progress (rows answered but not yet committed) when it
+runs in this process.
 """
 
 from __future__ import annotations
