@@ -100,6 +100,20 @@ def test_upload_create_poll_download_list_delete(server: ThreadServer) -> None:
     assert c.batches.retrieve(batch.id).status == "completed"  # its output stays
 
 
+def test_a_file_of_bad_lines_fails_the_batch_with_errors(server: ThreadServer) -> None:
+    c = client(server)
+    rows = [chat_line("a", "hi"), chat_line("b", "hi")]
+    for row in rows:
+        row["body"]["messages"] = []  # type: ignore[index]
+    done = wait(c, c.batches.create(input_file_id=upload(c, rows),
+                                    endpoint="/v1/chat/completions",
+                                    completion_window="24h").id)
+    assert done.status == "failed" and done.failed_at and done.output_file_id is None
+    assert done.errors is not None and done.errors.data
+    assert "All 2 rows failed" in (done.errors.data[0].message or "")
+    assert [e["custom_id"] for e in lines(c, done.error_file_id)] == ["a", "b"]
+
+
 def test_an_expired_file_is_gone(server: ThreadServer) -> None:
     c = client(server)
     kept = upload(c, [chat_line("a", "hi")])
