@@ -134,7 +134,7 @@ class DataGate:
 
     # -- inputs:validate -----------------------------------------------------------------------
     async def validate_inputs(self, project: str, uris: list[str], max_line_bytes: int,
-                              max_rows: int) -> dict[str, Any]:
+                              max_rows: int, line_format: str = "vertex") -> dict[str, Any]:
         """The validation report of inputs the project may read: at most `max_rows` rows,
         BATCHPREDICT_VALIDATE_MAX_BYTES bytes and BATCHPREDICT_STORAGE_CALL_SECONDS seconds
         (then `truncated`, and `stoppedBy` says which limit)."""
@@ -152,7 +152,7 @@ class DataGate:
             for uri in files:
                 try:
                     with storage.open_read(uri) as f:
-                        check_stream(f, uri, report, max_line_bytes, max_rows)
+                        check_stream(f, uri, report, max_line_bytes, max_rows, line_format)
                 except ReadStopped as stop:
                     report.truncated, stopped = True, stop.reason
                 if report.truncated:
@@ -163,6 +163,14 @@ class DataGate:
             return body
 
         return await self._bounded("Validating the inputs", work)  # type: ignore[no-any-return]
+
+    async def readable_inputs(self, project: str, uris: list[str]) -> list[str]:
+        """The files input URIs name, each one the project may read (as at create)."""
+        policy = self.policy(project)
+        deadline = time.monotonic() + self.seconds
+        max_files = int(self.settings.max_input_files)
+        return await self._bounded(  # type: ignore[no-any-return]
+            "Listing the inputs", lambda: expand_inputs(policy, uris, max_files, deadline))
 
     # -- uploads and downloads -----------------------------------------------------------------
     def upload_folder(self, project: str) -> str:

@@ -5,6 +5,9 @@ cannot become a request (over the size limit, not UTF-8, not JSON, not an object
 an invalid request) is still a row: it carries the error that its output line will report, so
 one bad line never stops a job.
 
+A job's line format (`formats/`: Vertex, OpenAI or Gemini lines) decides how a JSON object
+becomes a request; reading, numbering and the limits are the same for every format.
+
 The same reading checks input before a job is submitted (`check_stream`, `check_uris`: the
 console's create page, `uploads:validate`, `inputs:validate`), so a problem reported there is
 exactly the `status` the runner would write for that row. A report names each bad line by its
@@ -22,7 +25,9 @@ import orjson
 from batchpredict import storage
 from batchpredict.config import RunnerSettings
 from batchpredict.errors import BatchPredictError, InvalidArgument, plural
-from batchpredict.schema import GenerateContentRequest, parse_request
+from batchpredict.formats import LineCodec, codec_for, detect_format
+from batchpredict.jobs import LineFormat
+from batchpredict.schema import GenerateContentRequest
 
 __all__ = [
     "InputReport",
@@ -30,6 +35,7 @@ __all__ = [
     "check_stream",
     "check_uris",
     "count_rows",
+    "detect_line_format",
     "estimate_rows",
     "file_rows",
     "iter_rows",
@@ -73,7 +79,7 @@ def _bad(index: int, message: str, extras: dict[str, Any] | None = None) -> Row:
     return Row(index, extras, {}, error=InvalidArgument(message))
 
 
-def _json_problem(raw: bytes, where: str) -> str:
+def _json_problem(raw: bytes, where: str, example: str) -> str:
     """Why a line is not JSON, by column within the line (its newline left out)."""
     line = raw.rstrip(b"\r\n")
     try:
@@ -87,43 +93,36 @@ def _json_problem(raw: bytes, where: str) -> str:
         reason = f"{exc.msg} at column {exc.colno}"
     return (
         f"{where} is not valid JSON: {reason}. Each line must be one JSON object such as "
-        '{"request": {"contents": [...]}}.'
+        f"{example}."
     )
 
 
-def parse_line(index: int, raw: bytes, where: str) -> Row:
+def parse_line(index: int, raw: bytes, where: str, codec: LineCodec | None = None) -> Row:
+    codec = codec or codec_for(LineFormat.VERTEX)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return _bad(index, _json_problem(raw, where))
+        return _bad(index, _json_problem(raw, where, codec.example))
     if not isinstance(obj, dict):
         return _bad(
             index,
             f"{where} is a JSON {type(obj).__name__}, not an object. Each line must be one "
-            'JSON object such as {"request": {"contents": [...]}}.',
+            f"JSON object such as {codec.example}.",
         )
-    request = obj.pop("request", None)
-    extras = obj or None
-    if request is None:
-        return _bad(
-            index,
-            f'{where} has no "request" field. Put the GenerateContentRequest under "request": '
-            '{"request": {"contents": [...]}}.',
-            extras,
-        )
-    try:
-        return Row(index, extras, request, parsed=parse_request(request))
-    except BatchPredictError as exc:
-        return Row(index, extras, request, error=exc)
+    extras, request, parsed = codec.decode(obj, where)
+    if isinstance(parsed, BatchPredictError):
+        return Row(index, extras, request, error=parsed)
+    return Row(index, extras, request, parsed=parsed)
 
 
 def file_rows(
     f: IO[bytes], name: str, first_index: int = 0, skip: int = 0,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, line_format: str = LineFormat.VERTEX,
 ) -> Iterator[tuple[int, int, Row | None]]:
     """(line number, bytes, Row) for each row of one open file, rows numbered from
     `first_index`. Rows numbered below `skip` are counted but not parsed: their Row is None.
     The runner and the console's upload check both read input through this."""
+    codec = codec_for(line_format)
     index = first_index
     for number, raw, size in _lines(f, max_line_bytes):
         if raw is not None and not raw.strip():
@@ -138,18 +137,19 @@ def file_rows(
                 "BATCHPREDICT_MAX_LINE_BYTES.",
             )
         else:
-            yield number, size, parse_line(index, raw, f"Line {number} of {name}")
+            yield number, size, parse_line(index, raw, f"Line {number} of {name}", codec)
         index += 1
 
 
 def iter_rows(
-    inputs: list[str], skip: int = 0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    inputs: list[str], skip: int = 0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    line_format: str = LineFormat.VERTEX,
 ) -> Generator[Row, None, None]:
     """Every row of `inputs` from row number `skip` on."""
     index = 0
     for uri in inputs:
         with storage.open_read(uri) as f:
-            for _, _, row in file_rows(f, uri, index, skip, max_line_bytes):
+            for _, _, row in file_rows(f, uri, index, skip, max_line_bytes, line_format):
                 index += 1
                 if row is not None:
                     yield row
@@ -164,6 +164,17 @@ def count_rows(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) 
                 if raw is None or raw.strip():
                     total += 1
     return total
+
+
+def detect_line_format(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+                       ) -> LineFormat:
+    """The line format of `inputs`, from the first non-blank line of the first file."""
+    for uri in inputs:
+        with storage.open_read(uri) as f:
+            for _, raw, _ in _lines(f, max_line_bytes):
+                if raw is not None and raw.strip():
+                    return detect_format(raw)
+    return LineFormat.VERTEX
 
 
 def estimate_rows(inputs: list[str]) -> int:
@@ -231,10 +242,11 @@ def check_stream(
     report: InputReport,
     max_line_bytes: int,
     max_rows: int | None = None,
+    line_format: str = LineFormat.VERTEX,
 ) -> InputReport:
     """Check every line of one file (binary, read line by line) into `report`."""
     report.files.append(name)
-    for number, size, row in file_rows(f, name, report.rows, 0, max_line_bytes):
+    for number, size, row in file_rows(f, name, report.rows, 0, max_line_bytes, line_format):
         report.size_bytes += size
         if max_rows is not None and report.rows >= max_rows:
             report.truncated = True
@@ -251,12 +263,13 @@ def check_stream(
     return report
 
 
-def check_uris(uris: list[str], max_line_bytes: int, max_rows: int | None) -> InputReport:
+def check_uris(uris: list[str], max_line_bytes: int, max_rows: int | None,
+               line_format: str = LineFormat.VERTEX) -> InputReport:
     """Check the files that input URIs (wildcards allowed) name, in the order a job reads them."""
     report = InputReport()
     for uri in storage.expand_inputs(uris):
         with storage.open_read(uri) as f:
-            check_stream(f, uri, report, max_line_bytes, max_rows)
+            check_stream(f, uri, report, max_line_bytes, max_rows, line_format)
         if report.truncated:
             break
     return report

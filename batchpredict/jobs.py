@@ -25,8 +25,10 @@ __all__ = [
     "PROGRESS_HISTORY_STEP",
     "TERMINAL_STATES",
     "Checkpoint",
+    "Face",
     "Job",
     "JobState",
+    "LineFormat",
     "RowCounts",
     "RunsIn",
     "format_time",
@@ -127,6 +129,29 @@ class RunsIn(StrEnum):
     COMMAND = "command"
 
 
+class Face(StrEnum):
+    """The API a job was created through; each face lists and renders its own jobs, the console
+    and `jobs list` show them all."""
+
+    VERTEX = "vertex"
+    OPENAI = "openai"
+    GEMINI = "gemini"
+    CLI = "cli"
+
+
+class LineFormat(StrEnum):
+    """The shape of a job's input and output lines (`formats/`): one runner, one chunk protocol,
+    only the line codec differs."""
+
+    #: `{"request": GenerateContentRequest, ...}` in; `{..., status, processed_time, request,
+    #: response}` out, as Vertex writes.
+    VERTEX = "vertex"
+    #: OpenAI Batch API: `{custom_id, method, url, body}` in; `{id, custom_id, response, error}`.
+    OPENAI = "openai"
+    #: Gemini Developer API batch files: `{key, request}` in; `{key, response}` or `{key, error}`.
+    GEMINI = "gemini"
+
+
 @dataclass
 class RowCounts:
     """Counts over committed output lines. Tokens are summed over successful rows only."""
@@ -197,6 +222,11 @@ class Job:
     partial_failures: list[dict[str, Any]] = field(default_factory=list)
     #: [unix seconds, done rows, total tokens] of committed rows, oldest first (record_progress).
     progress_history: list[list[float]] = field(default_factory=list)
+    #: The API the job came through, the shape of its lines, and what only its face reads
+    #: (OpenAI: input_file_id, endpoint, completion_window; Gemini: whether requests were inlined).
+    face: Face = Face.VERTEX
+    line_format: LineFormat = LineFormat.VERTEX
+    face_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -233,6 +263,7 @@ class Job:
         rec = dataclasses.asdict(self)
         rec["state"] = self.state.value
         rec["runs_in"] = self.runs_in.value
+        rec["face"], rec["line_format"] = self.face.value, self.line_format.value
         for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):
             rec[key] = format_time(getattr(self, key))
         return rec
@@ -244,6 +275,8 @@ class Job:
         # records written before `runs_in` existed: a fingerprint meant a command's job
         default = RunsIn.COMMAND if rec.get("fingerprint") else RunsIn.SCHEDULER
         rec["runs_in"] = RunsIn(rec.get("runs_in") or default)
+        rec["face"] = Face(rec.get("face") or Face.VERTEX)
+        rec["line_format"] = LineFormat(rec.get("line_format") or LineFormat.VERTEX)
         rec["counts"] = RowCounts(**rec["counts"])
         rec["checkpoint"] = Checkpoint(**rec["checkpoint"])
         for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):

@@ -1,4 +1,4 @@
-"""Output layout and line format, as Vertex writes them.
+"""Output layout, as Vertex writes it, for every line format (`formats/` writes the lines).
 
     {outputUriPrefix}/prediction-model-{UTC time with microseconds}Z/
         incremental_predictions/predictions_{first row:012d}-{last row:012d}.jsonl   while running
@@ -29,11 +29,14 @@ import orjson
 
 from batchpredict import storage
 from batchpredict.errors import BatchPredictError, NotFound
-from batchpredict.jobs import RowCounts
+from batchpredict.formats import LineCodec, codec_for
+from batchpredict.formats.vertex import VertexLines
+from batchpredict.jobs import LineFormat, RowCounts
 
 __all__ = [
     "ChunkedOutput",
     "OrderedChunkBuffer",
+    "OutputPart",
     "OutputReader",
     "error_line",
     "make_output_dir",
@@ -46,6 +49,10 @@ INCREMENTAL = "incremental_predictions"
 _CHUNK_RE = re.compile(r"predictions_(\d{12})-(\d{12})\.jsonl$")
 #: A local chunk's temporary file (storage.atomic), left behind by a writer killed mid-write.
 _STALE_TMP_RE = re.compile(r"predictions_\d{12}-\d{12}\.jsonl\.tmp-[0-9a-f]{8}$")
+_VERTEX = VertexLines()
+#: Which output lines a reader gives: every line, or those of succeeded or of failed rows.
+OutputPart = str
+PARTS = ("all", "succeeded", "failed")
 
 
 def make_output_dir(prefix: str, now: datetime | None = None) -> str:
@@ -73,34 +80,14 @@ def processed_time() -> str:
 def success_line(
     extras: dict[str, Any] | None, request: Any, response: dict[str, Any], when: str
 ) -> bytes:
-    line: dict[str, Any] = dict(extras) if extras else {}
-    line["status"] = ""
-    line["processed_time"] = when
-    line["request"] = request
-    line["response"] = response
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    """A Vertex output line (other formats: `formats.codec_for(fmt).success_line`)."""
+    return _VERTEX.success_line(extras, request, response, when)
 
 
 def error_line(
     extras: dict[str, Any] | None, request: Any, error: BatchPredictError, when: str
 ) -> bytes:
-    line: dict[str, Any] = dict(extras) if extras else {}
-    line["status"] = error.row_status()
-    line["processed_time"] = when
-    line["request"] = request
-    line["response"] = {}
-    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
-
-
-def count_line(line: dict[str, Any], into: RowCounts) -> None:
-    """Add one output line to the counts: tokens only for successful rows (only they are billed)."""
-    if line.get("status"):
-        into.failed += 1
-        return
-    into.succeeded += 1
-    usage = (line.get("response") or {}).get("usageMetadata") or {}
-    into.prompt_tokens += int(usage.get("promptTokenCount") or 0)
-    into.candidates_tokens += int(usage.get("candidatesTokenCount") or 0)
+    return _VERTEX.error_line(extras, request, error, when)
 
 
 #: One answered row on its way to a chunk: (line, succeeded, prompt tokens, output tokens).
@@ -229,12 +216,12 @@ class ChunkedOutput:
         return n, kept
 
     @staticmethod
-    def recount(chunks: list[Chunk]) -> RowCounts:
+    def recount(chunks: list[Chunk], codec: LineCodec = _VERTEX) -> RowCounts:
         counts = RowCounts()
         for chunk in chunks:
             for raw in storage.read_bytes(chunk.uri).splitlines():
                 if raw.strip():
-                    count_line(orjson.loads(raw), counts)
+                    codec.count(orjson.loads(raw), counts)
         return counts
 
     def assemble(self) -> str:
@@ -264,8 +251,9 @@ class OutputReader:
 
     BLOCK = 1024 * 1024
 
-    def __init__(self, output_dir: str | None) -> None:
+    def __init__(self, output_dir: str | None, line_format: str = LineFormat.VERTEX) -> None:
         self.output = ChunkedOutput(output_dir) if output_dir else None
+        self.codec = codec_for(line_format)
 
     def files(self) -> list[str]:
         """predictions.jsonl when it exists, else the incremental chunks in row order."""
@@ -297,11 +285,35 @@ class OutputReader:
             except NotFound:
                 continue  # a chunk was assembled away under us: read again from the start
 
-    def blocks(self) -> Iterator[bytes]:
+    def part(self, part: OutputPart) -> Iterator[bytes]:
+        """The lines of rows that succeeded, or failed, or all of them ("all")."""
+        if part not in PARTS:
+            raise ValueError(f"unknown output part {part!r}")
+        for raw in self.lines():
+            if part == "all" or self._failed(raw) == (part == "failed"):
+                yield raw
+
+    def part_sizes(self) -> dict[OutputPart, int]:
+        """Bytes of each part (lines with their newlines), from one pass over the output."""
+        sizes = dict.fromkeys(PARTS, 0)
+        for raw in self.lines():
+            size = len(raw) + (not raw.endswith(b"\n"))
+            sizes["all"] += size
+            sizes["failed" if self._failed(raw) else "succeeded"] += size
+        return sizes
+
+    def _failed(self, raw: bytes) -> bool:
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return True
+        return not isinstance(line, dict) or self.codec.failed(line)
+
+    def blocks(self, part: OutputPart = "all") -> Iterator[bytes]:
         """The output so far as blocks of whole lines (a download's body)."""
         buffer: list[bytes] = []
         size = 0
-        for raw in self.lines():
+        for raw in self.part(part):
             buffer.append(raw if raw.endswith(b"\n") else raw + b"\n")
             size += len(raw)
             if size >= self.BLOCK:
@@ -311,8 +323,8 @@ class OutputReader:
             yield b"".join(buffer)
 
     def first_failed(self, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """The first `limit` output lines whose `status` is not empty, each with `outputLine`
-        (1-based line of the output), and how many lines were read to find them."""
+        """The first `limit` output lines of failed rows (Vertex: whose `status` is not empty),
+        each with `outputLine` (1-based line of the output), and how many lines were read."""
         found: list[dict[str, Any]] = []
         read = 0
         for raw in self.lines():
@@ -321,7 +333,7 @@ class OutputReader:
                 line = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 continue
-            if isinstance(line, dict) and line.get("status"):
+            if isinstance(line, dict) and self.codec.failed(line):
                 found.append({"outputLine": read, **line})
                 if len(found) >= limit:
                     break

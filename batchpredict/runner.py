@@ -41,6 +41,7 @@ from batchpredict.errors import (
     InvalidArgument,
     plural,
 )
+from batchpredict.formats import codec_for
 from batchpredict.input import Row, count_rows, estimate_rows, iter_rows
 from batchpredict.jobs import MAX_PARTIAL_FAILURES, Job, JobState, RowCounts, utcnow
 from batchpredict.store.base import JobStore
@@ -98,6 +99,7 @@ class JobRunner:
         self.read_all = False
         #: set when the rows stop: reader threads stuck on slow storage stop at their next read
         self.stop_reading = threading.Event()
+        self.codec = codec_for(job.line_format)  # the job's input and output lines
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> Job:
@@ -129,7 +131,7 @@ class JobRunner:
             committed, chunks = self.out.committed()
         if committed != job.checkpoint.committed_rows:
             # The chunks are the truth: a crash came between a chunk and its checkpoint.
-            job.counts = output.ChunkedOutput.recount(chunks)
+            job.counts = output.ChunkedOutput.recount(chunks, self.codec)
             job.checkpoint.committed_rows = committed
 
         def start(j: Job) -> None:
@@ -237,7 +239,8 @@ class JobRunner:
     async def _dispatch(self) -> None:
         st, backend, buffer = self.settings, self.backend, self.buffer
         rows = iter_rows(
-            self.job.checkpoint.inputs, self.job.checkpoint.committed_rows, st.max_line_bytes
+            self.job.checkpoint.inputs, self.job.checkpoint.committed_rows, st.max_line_bytes,
+            self.job.line_format,
         )
         batch_size = max(1, backend.batch_size)
         read_batch = max(st.read_batch_rows, batch_size)
@@ -296,7 +299,7 @@ class JobRunner:
         """One row's output line, stamped with when it was processed."""
         live, when = self.live, output.processed_time()
         if isinstance(result, BatchPredictError):
-            line = output.error_line(row.extras, row.request, result, when)
+            line = self.codec.error_line(row.extras, row.request, result, when)
             self.buffer.add(row.index, (line, False, 0, 0))
             live.failed += 1
             if len(self.job.partial_failures) + len(self.failures) < MAX_PARTIAL_FAILURES:
@@ -307,7 +310,7 @@ class JobRunner:
         usage = result.get("usageMetadata") or {}
         prompt = int(usage.get("promptTokenCount") or 0)
         cand = int(usage.get("candidatesTokenCount") or 0)
-        line = output.success_line(row.extras, row.request, result, when)
+        line = self.codec.success_line(row.extras, row.request, result, when)
         self.buffer.add(row.index, (line, True, prompt, cand))
         live.succeeded += 1
         live.prompt_tokens += prompt
@@ -405,7 +408,7 @@ class JobRunner:
         if not job.total_rows:
             return S.JOB_STATE_FAILED, InvalidArgument(
                 f"The input has no rows: {', '.join(job.checkpoint.inputs)}. Each line must be a "
-                'JSON object such as {"request": {"contents": [...]}}.'
+                f"JSON object such as {self.codec.example}."
             )
         if job.counts.succeeded == 0:
             return S.JOB_STATE_FAILED, InvalidArgument(

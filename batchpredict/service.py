@@ -4,6 +4,7 @@
     get / list / cancel / delete   (a job's progress is its committed counts: `Job.counts`)
     output    the one reader of a job's predictions (downloads, failed rows)
     validate_inputs / validate_upload / store_upload / defaults   what a create form needs
+    files     the file store (uploads.FileStore): uploads and job output files, per project
 
 A `Scope` is where a call acts: a `Caller` (the projects it may use) and, from a path, one project
 and location. A job outside the caller's scope does not exist for it: NotFound, never
@@ -30,10 +31,12 @@ from batchpredict import storage, uploads
 from batchpredict.config import DEFAULT_LOCATION, Settings
 from batchpredict.data_gate import DataGate
 from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
-from batchpredict.jobs import Job, RunsIn
+from batchpredict.jobs import Face, Job, LineFormat, RunsIn
 from batchpredict.output import ChunkedOutput, OutputReader
+from batchpredict.policy import area_name
 from batchpredict.scheduler import Scheduler
 from batchpredict.store.base import JobStore
+from batchpredict.store.files import SQLFileTable
 
 __all__ = ["Caller", "JobRequest", "JobService", "Scope", "parse_job_id"]
 
@@ -97,6 +100,10 @@ class JobRequest:
     runs_in: RunsIn = RunsIn.SCHEDULER
     #: A command's key for finding its own unfinished job again (`batchpredict run` resumes).
     fingerprint: str | None = None
+    #: The API it comes through, the shape of its lines, and what only that face reads.
+    face: Face = Face.VERTEX
+    line_format: LineFormat = LineFormat.VERTEX
+    face_info: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_job_id(text: str) -> int:
@@ -123,6 +130,10 @@ class JobService:
         #: every storage touch on a project's behalf goes through its data policy
         self.gate = gate if gate is not None else DataGate(settings, restricted=False)
         scheduler.gate = self.gate
+        #: Files per project: uploads and job output files (a table of the job store).
+        self.files = uploads.FileStore(
+            store if isinstance(store, SQLFileTable) else None, settings
+        )
 
     @classmethod
     def open(cls, settings: Settings, store: JobStore | None = None, registry: Any = None,
@@ -167,6 +178,9 @@ class JobService:
             labels=dict(req.labels),
             runs_in=req.runs_in,
             fingerprint=req.fingerprint,
+            face=req.face,
+            line_format=req.line_format,
+            face_info=dict(req.face_info),
         )
         job.checkpoint.inputs = inputs
         job = await asyncio.to_thread(self.store.create, job)
@@ -191,14 +205,16 @@ class JobService:
         page_size: int = 0,
         page_token: str = "",
         filter_text: str | None = None,
+        below: int | None = None,
     ) -> tuple[list[Job], str]:
         """One page of jobs, newest first, and the token of the next page ("" at the end).
-        `filter_text` is what `matches` was compiled from: a page token is only good for it."""
+        `filter_text` is what `matches` was compiled from: a page token is only good for it.
+        `below`: start after the job with this id (a cursor, as OpenAI's `after`)."""
         scope.check_parent()
         if page_size < 0:
             raise InvalidArgument("pageSize must not be negative.")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        before = _read_page_token(page_token, filter_text) if page_token else None
+        before = _read_page_token(page_token, filter_text) if page_token else below
         jobs = await asyncio.to_thread(self.store.list, scope.project)
         page: list[Job] = []
         more = False
@@ -237,7 +253,12 @@ class JobService:
         job = await self.get(scope, job_id)
         if job.output_dir:
             self.gate.check_download(job.project, job.output_dir)
-        return job, OutputReader(job.output_dir)
+        return job, OutputReader(job.output_dir, job.line_format)
+
+    def output_prefix_for(self, scope: Scope) -> str:
+        """Where a job made by the OpenAI or Gemini face writes (their APIs name no output):
+        `{outputs root}/{project}/batches`, in the project's own output area."""
+        return storage.join(self.settings.outputs_uri, area_name(scope.target[0]), "batches")
 
     # -- what a create form needs ---------------------------------------------------------
     async def defaults(self, scope: Scope) -> dict[str, Any]:
@@ -260,14 +281,22 @@ class JobService:
         }
 
     async def validate_inputs(
-        self, scope: Scope, uris: builtins.list[str], max_rows: int, project: str | None = None
+        self, scope: Scope, uris: builtins.list[str], max_rows: int, project: str | None = None,
+        line_format: LineFormat = LineFormat.VERTEX,
     ) -> dict[str, Any]:
         """Check the files input URIs name (wildcards too) line by line, as the runner reads,
         under `project`'s data policy (default: the caller's default project); the report."""
         project = project or scope.caller.default_project
         Scope(scope.caller, project, DEFAULT_LOCATION).check_parent()
         limit = self.settings.max_line_bytes
-        return await self.gate.validate_inputs(project, uris, limit, max_rows)  # type: ignore[no-any-return]
+        return await self.gate.validate_inputs(  # type: ignore[no-any-return]
+            project, uris, limit, max_rows, line_format)
+
+    async def detect_line_format(self, scope: Scope, uris: builtins.list[str]) -> LineFormat:
+        """The line format of input files the caller's project may read, from their first line
+        (OpenAI's or Vertex's)."""
+        inputs = await self.gate.readable_inputs(scope.target[0], uris)
+        return await self.gate.run(input_files.detect_line_format, inputs)  # type: ignore[no-any-return]
 
     async def validate_upload(
         self, scope: Scope, src: IO[bytes], file_name: str | None
@@ -283,17 +312,13 @@ class JobService:
     async def store_upload(
         self, scope: Scope, src: IO[bytes], file_name: str | None, allow_invalid: bool
     ) -> tuple[str, input_files.InputReport]:
-        """Check an uploaded JSONL file and store it in the caller's uploads area; its URI."""
+        """Check an uploaded JSONL file and store it in the caller's file store; its URI."""
         report = await self.validate_upload(scope, src, file_name)
         if report.invalid and not allow_invalid:
             raise InvalidArgument(report.summary())
-        project = scope.caller.default_project
-        uri = await self.gate.run(
-            uploads.store_upload, src, file_name or "", self.settings.uploads_uri,
-            self.gate.upload_folder(project),
-        )
-        self.gate.check_upload_uri(project, uri)
-        return uri, report
+        stored = await self.files.upload(Scope(scope.caller), src, file_name, "batch")
+        self.gate.check_upload_uri(scope.caller.default_project, stored.uri)
+        return stored.uri, report
 
 
 def _filter_hash(filter_text: str | None) -> str:

@@ -138,6 +138,7 @@ def print_job(job: Job) -> None:
         ("name", job.name),
         ("display name", job.display_name),
         ("model", job.model),
+        ("face", job.face.value),
         ("state", state_text(job.state)),
         ("input", ", ".join(job.input_uris)),
         ("output", job.output_dir or ""),
@@ -160,6 +161,7 @@ def print_jobs_table(jobs: list[Job]) -> None:
     table.add_column("id", no_wrap=True)
     table.add_column("display name", overflow="fold")
     table.add_column("model", overflow="fold")  # whole, however narrow: never "gemini-2.…"
+    table.add_column("face", no_wrap=True)
     table.add_column("state", no_wrap=True)
     for col in ("succeeded", "failed"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -170,6 +172,7 @@ def print_jobs_table(jobs: list[Job]) -> None:
             str(j.id),
             j.display_name,
             j.model,
+            j.face.value,
             state_text(j.state),
             "-" if pending else str(j.counts.succeeded),
             "-" if pending else str(j.counts.failed),

@@ -2,6 +2,11 @@
 
 The job runs in this command (`RunsIn.COMMAND`): a server sharing the store leaves it alone, and
 running the same command again (same inputs, output and model) resumes it.
+
+Input lines may be Vertex's (`{"request": ...}`) or OpenAI's batch lines (`{"custom_id", "method",
+"url", "body"}`, as `vllm run-batch` reads them), told apart by the first line or `--format`; the
+output is written in the same format. `--output-file` (and `--error-file`) write the lines of
+succeeded (and failed) rows at a path, as OpenAI's output and error files hold them.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import click
 import orjson
 
 from batchpredict.cli import EXIT
-from batchpredict.cli.common import err, local_service
+from batchpredict.cli.common import err, fail, local_service
 from batchpredict.cli.progress import ProgressBar, print_summary
 from batchpredict.config import DEFAULT_MODEL, Settings
 from batchpredict.errors import plural
-from batchpredict.jobs import Job, JobState, RunsIn
+from batchpredict.jobs import Face, Job, JobState, LineFormat, RunsIn
 from batchpredict.service import JobRequest, JobService, Scope
 
 __all__ = ["run"]
@@ -40,7 +45,17 @@ def fingerprint(inputs: list[str], output: str, model: str) -> str:
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--output", "-o", required=True, help="Output prefix: a folder, gs://... or s3://...")
+@click.option("--output", "-o", default=None,
+              help="Output prefix: a folder, gs://... or s3://... (the job's predictions folder).")
+@click.option("--output-file", default=None,
+              help="Also write the lines of succeeded rows here (OpenAI input: an OpenAI output "
+                   "file; other formats: every line). --output may then be left out.")
+@click.option("--error-file", default=None,
+              help="Write the lines of failed rows here [OpenAI input with --output-file: "
+                   "OUTPUT_FILE's name with .errors.jsonl].")
+@click.option("--format", "line_format", default="auto", show_default=True,
+              type=click.Choice(["auto", "vertex", "openai", "gemini"]),
+              help="Input line format; auto: OpenAI's when the first line has custom_id and body.")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model name.")
 @click.option("--display-name", default=None, help="Job name shown in lists.")
 @click.option("--data-dir", default=None, help="Where the job store lives [~/.batchpredict].")
@@ -49,7 +64,10 @@ def fingerprint(inputs: list[str], output: str, model: str) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(
     inputs: tuple[str, ...],
-    output: str,
+    output: str | None,
+    output_file: str | None,
+    error_file: str | None,
+    line_format: str,
     model: str,
     display_name: str | None,
     data_dir: str | None,
@@ -64,15 +82,21 @@ def run(
     settings = Settings.from_env(
         data_dir=data_dir, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds
     )
+    if output is None and output_file is None:
+        fail("Give --output PREFIX (a folder for the job's predictions) or --output-file PATH.")
+    # without --output, the job's chunks go to the local project's own output area
+    prefix = output or os.path.join(os.path.expanduser(settings.outputs_uri), "local", "runs")
     request = JobRequest(
         display_name=display_name or f"run-{time.strftime('%Y%m%d-%H%M%S')}",
         model=model,
         input_uris=[_absolute(u) for u in inputs],
-        output_prefix=_absolute(output),
+        output_prefix=_absolute(prefix),
         runs_in=RunsIn.COMMAND,
-        fingerprint=fingerprint(list(inputs), output, model),
+        fingerprint=fingerprint(list(inputs), output or f"file:{output_file}", model),
+        face=Face.CLI,
     )
-    final = asyncio.run(_submit_and_run(settings, request, quiet))
+    files = Exports(output_file, error_file)
+    final = asyncio.run(_submit_and_run(settings, request, quiet, line_format, files))
     print_summary(final, resume_command=shlex.join(["batchpredict", *sys.argv[1:]]))
     if final.state == JobState.JOB_STATE_RUNNING:
         sys.exit(EXIT["interrupted"])
@@ -80,7 +104,34 @@ def run(
              else EXIT["job failed"])
 
 
-async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool) -> Job:
+class Exports:
+    """Where `--output-file` and `--error-file` go, once the job has ended."""
+
+    def __init__(self, output_file: str | None, error_file: str | None) -> None:
+        self.output_file, self.error_file = output_file, error_file
+
+    def paths(self, fmt: LineFormat) -> list[tuple[str, str]]:
+        """(part, path) to write: OpenAI's split by outcome; other formats keep every line."""
+        error_file = self.error_file
+        if self.output_file and error_file is None and fmt == LineFormat.OPENAI:
+            error_file = self.output_file.removesuffix(".jsonl") + ".errors.jsonl"
+        found = []
+        if self.output_file:
+            found.append(("succeeded" if fmt == LineFormat.OPENAI else "all", self.output_file))
+        if error_file:
+            found.append(("failed", error_file))
+        return [(part, _absolute(path)) for part, path in found]
+
+    async def write(self, service: JobService, job: Job) -> None:
+        if not job.state.is_terminal or not job.output_dir:
+            return
+        for part, path in self.paths(job.line_format):
+            count = await service.files.export(job, part, path)
+            err.print(f"{path}: {count} lines ({part} rows)", highlight=False, soft_wrap=True)
+
+
+async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool,
+                          line_format: str, files: Exports) -> Job:
     service = local_service(settings)
     try:
         assert request.fingerprint is not None
@@ -91,9 +142,14 @@ async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool) 
                       f"{job.output_dir}",
                       highlight=False)
         else:
+            request.line_format = LineFormat(
+                await service.detect_line_format(Scope.local(), request.input_uris)
+                if line_format == "auto" else line_format)
             job = await service.submit(Scope.local(), request)
             err.print(f"Created job {job.id}", highlight=False)
-        return await _run_here(service, job, quiet)
+        final = await _run_here(service, job, quiet)
+        await files.write(service, final)
+        return final
     finally:
         await service.close()
 

@@ -3,6 +3,10 @@ and metrics. `create_app(settings)` builds it; `serve(settings, host, port)` run
 
     /v1[beta1]/projects/{p}/locations/{l}/batchPredictionJobs[/{id}[:cancel]]   see routes.py
     /v1[beta1]/batchPredictionJobs[/{id}[:cancel]]                              express mode
+    /v1/files, /v1/batches                      the OpenAI Batch API (openai/)
+    /v1[beta]/batches, /v1[beta]/files, /upload/v1[beta]/files, :batchGenerateContent
+                                                the Gemini Developer API (gemini/); on /v1 the
+                                                paths both faces use go through batch_paths.py
     /healthz   /metrics   /docs (OpenAPI)
     /console   the web console (console/), and the extra endpoints it uses
 
@@ -33,7 +37,7 @@ from batchpredict.errors import (
     InvalidArgument,
     error_for_http_status,
 )
-from batchpredict.server import console
+from batchpredict.server import batch_paths, console
 from batchpredict.server.auth import HOW_TO_CONFIGURE, AccessPolicy, is_loopback
 from batchpredict.server.http_guard import HttpGuard, install_log_redaction
 from batchpredict.server.metrics import CONTENT_TYPE, LatencyMiddleware, Metrics
@@ -98,6 +102,7 @@ def create_app(
         parent = f"/{version}/projects/{{project}}/locations/{{location}}"
         app.include_router(job_routes(parent, vertex_scope))
         app.include_router(job_routes(f"/{version}", express_scope))
+    batch_paths.include_faces(app)  # the OpenAI Batch API and the Gemini Developer API
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Response:

@@ -10,7 +10,9 @@ the access-log filter that keeps secrets out of logs.
   is refused, whatever its method; so is any cross-site request that is not a GET or HEAD. The
   console, /docs and /healthz stay reachable by following a link.
 - Content-Type: a body sent to the JSON API must be `application/json` (415 otherwise); the
-  console's uploads (`/batchpredict/v1/uploads[:validate]`) must be `multipart/form-data`.
+  console's uploads (`/batchpredict/v1/uploads[:validate]`) and the OpenAI face's `/v1/files`
+  must be `multipart/form-data`; the Gemini face's resumable uploads (`/upload/...`) carry raw
+  bytes of any type.
 - Size: bodies are counted while they stream in; beyond BATCHPREDICT_MAX_REQUEST_BYTES (uploads:
   BATCHPREDICT_MAX_UPLOAD_BYTES) the reply is a 413.
 Clients that are not browsers (the google-genai SDK, openai-style clients, curl, `batchpredict
@@ -38,8 +40,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_API_PREFIXES = ("/v1/", "/v1beta1/", "/batchpredict/", "/metrics")
-_UPLOADS = ("/batchpredict/v1/uploads", "/batchpredict/v1/uploads:validate")
+_API_PREFIXES = ("/v1/", "/v1beta1/", "/v1beta/", "/upload/", "/batchpredict/", "/metrics")
+#: Multipart file uploads: their own size limit (BATCHPREDICT_MAX_UPLOAD_BYTES).
+_UPLOADS = ("/batchpredict/v1/uploads", "/batchpredict/v1/uploads:validate", "/v1/files")
+#: Raw-byte uploads (the Gemini Files API's resumable protocol): any type, the upload limit.
+_RAW_UPLOADS = ("/upload/",)
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -96,7 +101,8 @@ class HttpGuard:
         if refusal is not None:
             await _reply(refusal, send)
             return
-        limit = self.max_upload_bytes if path in _UPLOADS else self.max_request_bytes
+        upload = path in _UPLOADS or path.startswith(_RAW_UPLOADS)
+        limit = self.max_upload_bytes if upload else self.max_request_bytes
         declared = headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
             await _reply(_too_large(int(declared), limit, path), send)
@@ -149,6 +155,8 @@ def _content_type_refusal(headers: dict[str, str], path: str) -> BatchPredictErr
     kind = (raw or "").split(";", 1)[0].strip().lower()
     has_body = headers.get("content-length", "0") not in ("", "0") or (
         "transfer-encoding" in headers)
+    if path.startswith(_RAW_UPLOADS):
+        return None
     if path in _UPLOADS:
         if kind == "multipart/form-data":
             return None
@@ -167,7 +175,7 @@ def _content_type_refusal(headers: dict[str, str], path: str) -> BatchPredictErr
 
 
 def _too_large(size: int | None, limit: int, path: str) -> BatchPredictError:
-    setting = ("BATCHPREDICT_MAX_UPLOAD_BYTES" if path in _UPLOADS
+    setting = ("BATCHPREDICT_MAX_UPLOAD_BYTES" if path in _UPLOADS or path.startswith(_RAW_UPLOADS)
                else "BATCHPREDICT_MAX_REQUEST_BYTES")
     what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
     return InvalidArgument(

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from batchpredict.errors import Unavailable
+from batchpredict.store.files import FILES_SCHEMA
 from batchpredict.store.sql import SQLJobStore
 
 __all__ = ["PostgresJobStore"]
@@ -41,7 +42,7 @@ class PostgresJobStore(SQLJobStore):
         with self._lock, self._conn.cursor() as cur:
             # two servers starting together must not both create the table
             cur.execute("SELECT pg_advisory_lock(724171)")
-            cur.execute(_SCHEMA)
+            cur.execute(_SCHEMA + FILES_SCHEMA)
             cur.execute("SELECT pg_advisory_unlock(724171)")
 
     def _connect(self) -> Any:

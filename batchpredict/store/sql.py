@@ -1,5 +1,6 @@
 """The job store in SQL, shared by SQLite and PostgreSQL: one row per job, a few indexed columns
-for lookups and the whole record as JSON, each change one guarded UPDATE.
+for lookups and the whole record as JSON, each change one guarded UPDATE. The file store's table
+sits beside it (`files.py`, mixed in).
 
 A dialect supplies `_query` (run one statement, return its rows and rowcount), its schema and its
 placeholder; the statements are written once, with `?` placeholders.
@@ -16,6 +17,7 @@ import orjson
 from batchpredict.errors import FailedPrecondition, NotFound
 from batchpredict.jobs import Job, JobState
 from batchpredict.store.base import JobStore
+from batchpredict.store.files import SQLFileTable
 
 __all__ = ["SQLJobStore"]
 
@@ -26,7 +28,7 @@ _UNFINISHED = (
 )
 
 
-class SQLJobStore(JobStore):
+class SQLJobStore(SQLFileTable, JobStore):
     @abc.abstractmethod
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
         """Run one statement (with `?` placeholders); (rows, rowcount)."""

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from batchpredict.store.files import FILES_SCHEMA
 from batchpredict.store.sql import SQLJobStore
 
 __all__ = ["SQLiteJobStore"]
@@ -38,7 +39,7 @@ class SQLiteJobStore(SQLJobStore):
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + FILES_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

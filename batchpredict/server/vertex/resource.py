@@ -1,17 +1,18 @@
 """The BatchPredictionJob resource as Vertex renders it: the one place a `Job` becomes Vertex JSON.
 
-int64 counts are strings and times RFC 3339, as in Vertex's REST API. One field is ours alone,
-`progress` (total, done and token counts): the google-genai SDK ignores it; progress bars and the
-console need it. Every count is of committed rows (their chunk is durably written), so
-`completionStats` and `progress` always agree, follow the job as its chunks commit, and never go
-backwards, whichever process or replica answers.
+int64 counts are strings and times RFC 3339, as in Vertex's REST API. Two fields are ours alone,
+`progress` (total, done and token counts) and `face` (the API the job came through: vertex,
+openai, gemini or cli): the google-genai SDK ignores them; progress bars and the console need
+them. Every count is of committed rows (their chunk is durably written), so `completionStats` and
+`progress` always agree, follow the job as its chunks commit, and never go backwards, whichever
+process or replica answers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from batchpredict.jobs import Job, JobState, RowCounts, format_time, parse_time
+from batchpredict.jobs import Face, Job, JobState, RowCounts, format_time, parse_time
 
 __all__ = ["job_from_resource", "job_resource"]
 
@@ -32,6 +33,7 @@ def job_resource(job: Job) -> dict[str, Any]:
         "state": job.state.value,
         "createTime": format_time(job.create_time),
         "updateTime": format_time(job.update_time),
+        "face": job.face.value,
     }
     if job.labels:
         out["labels"] = job.labels
@@ -94,6 +96,7 @@ def job_from_resource(data: dict[str, Any]) -> Job:
         incomplete=int(stats.get("incompleteCount") or 0),
         total_rows=int(total) if total else None,
         model_version=data.get("modelVersionId"),
+        face=Face(data.get("face") or Face.VERTEX),
     )
     for key, attr in (("createTime", "create_time"), ("updateTime", "update_time"),
                       ("startTime", "start_time"), ("endTime", "end_time")):

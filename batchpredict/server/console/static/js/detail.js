@@ -9,7 +9,7 @@ import { rateChart, ratesOf, samplesOf, steadyRate } from "./chart.js";
 import { go } from "./nav.js";
 import { cliSnippet, curlSnippet, sdkSnippet } from "./snippets.js";
 import {
-  confirmDialog, copyText, errorBox, fmtDuration, fmtInt, fmtRate, h, isActive, jobCounts,
+  confirmDialog, copyText, errorBox, faceName, fmtDuration, fmtInt, fmtRate, h, isActive, jobCounts,
   jobDuration, jobId, progressBar, replace, shortModel, since, stateBadge, timeEl, toast,
 } from "./ui.js";
 
@@ -230,6 +230,7 @@ export function detailView(root, name) {
       ? Object.entries(job.labels).map(([k, v]) => `${k}=${v}`).join(", ") : null;
     replace(detailsEl, props([
       ["Name", h("span", { class: "mono" }, job.name)],
+      ["Created through", h("span", { id: "job-face" }, faceName(job.face))],
       ["Model", h("span", { title: job.model }, shortModel(job.model))],
       ["Model version", job.modelVersionId],
       ["Input", h("span", { class: "mono" }, job.inputConfig.gcsSource.uris.join("\n"))],

@@ -8,8 +8,8 @@
 import { api, onTokenChange } from "./api.js";
 import { go } from "./nav.js";
 import {
-  consoleUrl, ellipsis, errorBox, field, fmtDuration, fmtInt, h, isActive, jobCounts, jobDuration,
-  jobId, modelEl, progressBar, replace, stateBadge, timeEl,
+  consoleUrl, ellipsis, errorBox, faceName, field, fmtDuration, fmtInt, h, isActive, jobCounts,
+  jobDuration, jobId, modelEl, progressBar, replace, stateBadge, timeEl,
 } from "./ui.js";
 
 const STATES = ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED"];
@@ -132,7 +132,7 @@ export function jobsView(root, params) {
     const cells = [
       ["col-job", [
         h("a", { class: "job-link ellipsis", href: consoleUrl(job.name), "data-link": true, title: job.displayName }, job.displayName),
-        ellipsis(`${jobId(job.name)} · ${job.name.split("/")[1]}`, job.name, { class: "muted small mono" })]],
+        ellipsis(`${jobId(job.name)} · ${job.name.split("/")[1]} · ${faceName(job.face)}`, job.name, { class: "muted small mono" })]],
       ["col-model", modelEl(job.model)],
       ["col-state", stateBadge(job.state)],
       ["col-progress progress", [bar, h("div", { class: "progress-text" }, text)]],

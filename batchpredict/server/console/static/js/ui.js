@@ -104,6 +104,9 @@ const ACTIVE = new Set([
 ]);
 export const isActive = (state) => ACTIVE.has(state);
 export const jobId = (name) => name.split("/").pop();
+/** The API a job came through (its `face`), as people name it. */
+const FACES = { vertex: "Vertex AI", openai: "OpenAI Batch", gemini: "Gemini API", cli: "CLI" };
+export const faceName = (face) => FACES[face] || FACES.vertex;
 export const consoleUrl = (name) => `/console/${name}`;
 export const shortModel = (model) => (model || "").replace(/^publishers\/google\/models\//, "");
 

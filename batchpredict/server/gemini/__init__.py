@@ -1,0 +1,1 @@
+"""The Gemini Developer API face: batches and Files (routes.py) and their JSON (resource.py)."""

@@ -1,0 +1,1 @@
+"""The OpenAI Batch API face (routes.py) and its JSON (resource.py)."""
