@@ -6,8 +6,12 @@ API backend passes the URI through and needs nothing from this module.
 
     policy = MediaPolicy.from_settings(settings)     # BATCHPREDICT_MEDIA_ROOTS, _MAX_MEDIA_BYTES
     check_file_uri(uri, policy)                      # -> canonical URI, or InvalidArgument (400)
-    data = await fetch_file_data(uri, mime_type, settings)        # -> bytes, size-limited
-    url = await fetch_data_url(uri, mime_type, settings)          # -> "data:image/png;base64,..."
+    data = await fetch_file_data(uri, mime_type)     # -> bytes, size-limited
+
+A job's backend runs inside its project's media scope (data_gate.ProjectScopedBackend): the policy
+built from the app's `Settings` and the project's data policy apply there. Nothing here reads the
+environment: outside a job, the default policy (any gs:// or s3:// object, no local file) applies
+unless a policy is given.
 
 The policy, so that a request cannot make the server read what its author could not:
 - Schemes: gs:// and s3:// (read with the service's own credentials, as Vertex reads fileData
@@ -28,7 +32,6 @@ and what to change; a missing object is NotFound.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import re
 from dataclasses import dataclass
@@ -43,7 +46,6 @@ __all__ = [
     "DEFAULT_MAX_MEDIA_BYTES",
     "MediaPolicy",
     "check_file_uri",
-    "fetch_data_url",
     "fetch_file_data",
 ]
 
@@ -62,11 +64,8 @@ class MediaPolicy:
     max_bytes: int = DEFAULT_MAX_MEDIA_BYTES
 
     @classmethod
-    def from_settings(cls, settings: Any = None) -> MediaPolicy:
-        """From a `Settings` (or anything with `media_roots` and `max_media_bytes`); from the
-        environment when None."""
-        if settings is None:
-            settings = Settings.from_env()
+    def from_settings(cls, settings: Any) -> MediaPolicy:
+        """From a `Settings` (or anything with `media_roots` and `max_media_bytes`)."""
         return cls.parse(
             getattr(settings, "media_roots", "") or "",
             int(getattr(settings, "max_media_bytes", DEFAULT_MAX_MEDIA_BYTES)),
@@ -118,7 +117,7 @@ def _refuse(uri: str, why: str) -> InvalidArgument:
 def check_file_uri(uri: str, policy: MediaPolicy | None = None) -> str:
     """The canonical form of an allowed fileData URI (a local one resolved to its real path);
     InvalidArgument saying why and what to do when the policy refuses it."""
-    policy = policy if policy is not None else MediaPolicy.from_settings()
+    policy = policy if policy is not None else MediaPolicy()
     if not isinstance(uri, str) or not uri.strip():
         raise InvalidArgument("fileData.fileUri is empty. Give a gs:// or s3:// URI.")
     if any(ord(c) < 32 for c in uri):
@@ -194,18 +193,17 @@ def _read_limited(uri: str, max_bytes: int) -> bytes:
     return data
 
 
-async def fetch_file_data(uri: str, mime_type: str | None = None, settings: Any = None,
-                          *, policy: MediaPolicy | None = None) -> bytes:
+async def fetch_file_data(uri: str, mime_type: str | None = None, *,
+                          policy: MediaPolicy | None = None) -> bytes:
     """The bytes of a fileData part, if the policy allows its URI and it is not too large.
 
-    `settings` is a `Settings` (media_roots, max_media_bytes), or give `policy` directly; with
-    neither, the environment's settings apply. Raises InvalidArgument (refused, too large,
-    unreadable) or NotFound (no such object): errors for that row's output line.
+    The policy: `policy` if given, else the job's (its project's media scope), else the default.
+    Raises InvalidArgument (refused, too large, unreadable), PermissionDenied (the project's data
+    policy refuses it) or NotFound (no such object): errors for that row's output line.
     """
-    scope = media_scope()  # security: a server's job -> its project's data policy applies
-    if policy is None and settings is None and scope is not None:
-        policy = scope.media
-    policy = policy if policy is not None else MediaPolicy.from_settings(settings)
+    scope = media_scope()  # a job's backend: its project's data policy applies
+    if policy is None:
+        policy = scope.media if scope is not None else MediaPolicy()
     canonical = check_file_uri(uri, policy)
     if scope is not None:
         scope.policy.check_file_data(canonical)
@@ -216,11 +214,3 @@ async def fetch_file_data(uri: str, mime_type: str | None = None, settings: Any 
             exc.message = f"{exc.message} (fileData.fileUri {uri})"
             exc.args = (exc.message,)
         raise
-
-
-async def fetch_data_url(uri: str, mime_type: str, settings: Any = None,
-                         *, policy: MediaPolicy | None = None) -> str:
-    """A fileData part as a `data:` URL (what OpenAI-compatible servers take for images)."""
-    data = await fetch_file_data(uri, mime_type, settings, policy=policy)
-    kind = (mime_type or "application/octet-stream").strip()
-    return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"

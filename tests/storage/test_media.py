@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from batchpredict.config import Settings
 from batchpredict.errors import InvalidArgument, NotFound
-from batchpredict.media import MediaPolicy, check_file_uri, fetch_data_url, fetch_file_data
+from batchpredict.media import MediaPolicy, check_file_uri, fetch_file_data
 from tests.emulators import Bucket
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
@@ -34,17 +33,19 @@ async def test_allowed_local_root_returns_bytes(media_dir: Path) -> None:
     p = policy(media_dir)
     assert await fetch_file_data(str(media_dir / "cat.png"), "image/png", policy=p) == PNG
     assert await fetch_file_data(f"file://{media_dir}/cat.png", "image/png", policy=p) == PNG
-    url = await fetch_data_url(f"file://{media_dir}/cat.png", "image/png", policy=p)
-    assert url == "data:image/png;base64," + base64.b64encode(PNG).decode()
 
 
-async def test_settings_give_the_policy(media_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(media_roots=f"file://{media_dir}", max_media_bytes=100)
-    assert await fetch_file_data(str(media_dir / "cat.png"), "image/png", settings) == PNG
+async def test_settings_give_the_policy_and_the_environment_is_never_read_at_fetch_time(
+    media_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy_ = MediaPolicy.from_settings(
+        Settings(media_roots=f"file://{media_dir}", max_media_bytes=100))
+    assert await fetch_file_data(str(media_dir / "cat.png"), "image/png", policy=policy_) == PNG
     with pytest.raises(InvalidArgument, match="the limit is 100 bytes"):
-        await fetch_file_data(str(media_dir / "big.bin"), None, settings)
-    monkeypatch.setenv("BATCHPREDICT_MEDIA_ROOTS", str(media_dir))
-    assert await fetch_file_data(str(media_dir / "cat.png"), "image/png") == PNG
+        await fetch_file_data(str(media_dir / "big.bin"), None, policy=policy_)
+    monkeypatch.setenv("BATCHPREDICT_MEDIA_ROOTS", str(media_dir))  # set after the app was built
+    with pytest.raises(InvalidArgument, match="is not allowed"):
+        await fetch_file_data(str(media_dir / "cat.png"), "image/png")
 
 
 async def test_too_large_is_refused(media_dir: Path) -> None:
