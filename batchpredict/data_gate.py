@@ -164,14 +164,6 @@ class DataGate:
 
         return await self._bounded("Validating the inputs", work)  # type: ignore[no-any-return]
 
-    async def readable_inputs(self, project: str, uris: list[str]) -> list[str]:
-        """The files input URIs name, each one the project may read (as at create)."""
-        policy = self.policy(project)
-        deadline = time.monotonic() + self.seconds
-        max_files = int(self.settings.max_input_files)
-        return await self._bounded(  # type: ignore[no-any-return]
-            "Listing the inputs", lambda: expand_inputs(policy, uris, max_files, deadline))
-
     # -- uploads and downloads -----------------------------------------------------------------
     def upload_folder(self, project: str) -> str:
         """The folder name of `project` under the uploads root (its own uploads area)."""

@@ -102,7 +102,8 @@ class JobRequest:
     fingerprint: str | None = None
     #: The API it comes through, the shape of its lines, and what only that face reads.
     face: Face = Face.VERTEX
-    line_format: LineFormat = LineFormat.VERTEX
+    #: The input lines' format; None: detected from the first line at submit.
+    line_format: LineFormat | None = LineFormat.VERTEX
     face_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -179,7 +180,8 @@ class JobService:
             runs_in=req.runs_in,
             fingerprint=req.fingerprint,
             face=req.face,
-            line_format=req.line_format,
+            line_format=req.line_format or LineFormat(
+                await self.gate.run(input_files.detect_line_format, inputs)),
             face_info=dict(req.face_info),
         )
         job.checkpoint.inputs = inputs
@@ -291,12 +293,6 @@ class JobService:
         limit = self.settings.max_line_bytes
         return await self.gate.validate_inputs(  # type: ignore[no-any-return]
             project, uris, limit, max_rows, line_format)
-
-    async def detect_line_format(self, scope: Scope, uris: builtins.list[str]) -> LineFormat:
-        """The line format of input files the caller's project may read, from their first line
-        (OpenAI's or Vertex's)."""
-        inputs = await self.gate.readable_inputs(scope.target[0], uris)
-        return await self.gate.run(input_files.detect_line_format, inputs)  # type: ignore[no-any-return]
 
     async def validate_upload(
         self, scope: Scope, src: IO[bytes], file_name: str | None

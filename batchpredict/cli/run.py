@@ -142,9 +142,7 @@ async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool,
                       f"{job.output_dir}",
                       highlight=False)
         else:
-            request.line_format = LineFormat(
-                await service.detect_line_format(Scope.local(), request.input_uris)
-                if line_format == "auto" else line_format)
+            request.line_format = None if line_format == "auto" else LineFormat(line_format)
             job = await service.submit(Scope.local(), request)
             err.print(f"Created job {job.id}", highlight=False)
         final = await _run_here(service, job, quiet)

@@ -15,6 +15,8 @@ from batchpredict.backends.openai import (
     gemini_schema_to_json_schema,
     to_gemini_response,
 )
+from batchpredict.config import Settings
+from batchpredict.data_gate import DataGate
 from batchpredict.errors import BatchPredictError
 from batchpredict.schema import parse_request
 from tests.doubles.openai_server import TestDoubleServer
@@ -133,7 +135,10 @@ async def test_file_data_images_are_fetched_under_the_media_policy(
     media.mkdir()
     (media / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
     (tmp_path / "secret.png").write_bytes(b"no")
-    monkeypatch.setenv("BATCHPREDICT_MEDIA_ROOTS", str(media))
+    # a job's backend runs in its project's media scope, built from the app's settings
+    gate = DataGate(Settings(data_dir=str(tmp_path / "data"), media_roots=str(media)),
+                    restricted=False)
+    backend = gate.scoped_backend(backend, "p")
     await ask(backend, {"contents": [{"parts": [
         {"fileData": {"fileUri": f"file://{media}/cat.png", "mimeType": "image/png"}}]}]})
     content = double.received[-1][2]["messages"][0]["content"]
