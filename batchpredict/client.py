@@ -29,6 +29,7 @@ from batchpredict.errors import (
     Unavailable,
     error_for_http_status,
 )
+from batchpredict.server.vertex.resource import input_config, output_config
 
 __all__ = ["Client", "job_body"]
 
@@ -43,15 +44,13 @@ def job_body(
     display_name: str,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The create body for JSONL `inputs` written under `output_prefix`."""
+    """The create body for `inputs` (JSONL files or one bq:// table) written to `output_prefix`
+    (an output prefix, or a bq:// dataset or table)."""
     body: dict[str, Any] = {
         "displayName": display_name,
         "model": model,
-        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": list(inputs)}},
-        "outputConfig": {
-            "predictionsFormat": "jsonl",
-            "gcsDestination": {"outputUriPrefix": output_prefix},
-        },
+        "inputConfig": input_config(list(inputs)),
+        "outputConfig": output_config(output_prefix),
     }
     if labels:
         body["labels"] = dict(labels)

@@ -3,7 +3,8 @@ service (`JobService.gate`), holding the projects' data policies (policy.py) and
 storage work (bounded_io.py):
 
     create          resolve_job: output prefix writable by the project, inputs readable (each
-                    wildcard's base and every file it matches), wildcards capped in count and time
+                    wildcard's base and every file it matches), wildcards capped in count and time;
+                    a BigQuery input table checked and pinned, an output dataset checked
     inputs:validate validate_inputs: the same checks, then at most N rows / bytes / seconds read
     uploads         upload_folder + check_upload_uri: into the project's own uploads area
     downloads       check_download: the job's output folder is readable by its project
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpredict import bounded_io, storage
 from batchpredict.backends.base import Backend, generate_per_row
+from batchpredict.bigquery import tables
 from batchpredict.bounded_io import API_POOL, JOB_POOL, ReadStopped, run_io
 from batchpredict.errors import (
     BatchPredictError,
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from batchpredict.jobs import Job
     from batchpredict.schema import GenerateContentRequest
 
-__all__ = ["DataGate", "ProjectScopedBackend", "expand_inputs"]
+__all__ = ["DataGate", "ProjectScopedBackend", "expand_inputs", "table_input"]
 
 
 def expand_inputs(policy: DataPolicy, uris: list[str], max_files: int,
@@ -89,6 +91,18 @@ def expand_inputs(policy: DataPolicy, uris: list[str], max_files: int,
     return files
 
 
+def table_input(policy: DataPolicy, uris: list[str], pin: bool) -> list[str]:
+    """A BigQuery input: one table the project may read, checked and pinned (`pin`) as it is
+    now (bigquery/tables.py)."""
+    if len(uris) != 1:
+        raise InvalidArgument(
+            "A BigQuery input is one table: give bq://PROJECT.DATASET.TABLE alone, without "
+            "other inputs."
+        )
+    canon = policy.check_read(uris[0])
+    return [tables.pin_input(canon) if pin else canon]
+
+
 class DataGate:
     def __init__(self, settings: Any, restricted: bool) -> None:
         from batchpredict.media import MediaPolicy
@@ -127,7 +141,12 @@ class DataGate:
 
         def work() -> list[str]:
             policy.check_write(prefix)
-            storage.check_output_writable(prefix)
+            if tables.is_table(prefix):  # the dataset exists; a named table does not yet
+                tables.check_output(prefix)
+            else:
+                storage.check_output_writable(prefix)
+            if any(map(tables.is_table, uris)):  # the table exists, its columns are accepted
+                return table_input(policy, uris, pin=True)
             return expand_inputs(policy, uris, max_files, deadline)
 
         return await self._bounded("Checking the job's input and output URIs", work)  # type: ignore[no-any-return]
@@ -189,6 +208,9 @@ class DataGate:
             policy.check_write(job.output_prefix)
             for uri in job.checkpoint.inputs:
                 policy.check_read(uri)
+            if job.start_time is None and any(map(tables.is_table, job.checkpoint.inputs)):
+                # a BigQuery input, pinned again as the job first starts (rows keep positions)
+                job.checkpoint.inputs = table_input(policy, job.checkpoint.inputs, pin=True)
 
         try:
             await run_io(work, pool=JOB_POOL, timeout=self.seconds)

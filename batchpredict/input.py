@@ -5,6 +5,9 @@ cannot become a request (over the size limit, not UTF-8, not JSON, not an object
 an invalid request) is still a row: it carries the error that its output line will report, so
 one bad line never stops a job.
 
+An input may instead be one BigQuery table (`bq://`, bigquery/tables.py): its rows come in table
+order, each `request` cell read as a line's request and the other columns echoed.
+
 A job's line format (`formats/`: Vertex, OpenAI or Gemini lines) decides how a JSON object
 becomes a request; reading, numbering and the limits are the same for every format.
 
@@ -23,6 +26,7 @@ from typing import IO, Any
 import orjson
 
 from batchpredict import storage
+from batchpredict.bigquery import tables
 from batchpredict.config import RunnerSettings
 from batchpredict.errors import BatchPredictError, InvalidArgument, plural
 from batchpredict.formats import LineCodec, codec_for, detect_format
@@ -141,11 +145,19 @@ def file_rows(
         index += 1
 
 
+def _table(inputs: list[str]) -> str | None:
+    """A job's input that is one BigQuery table (bigquery/tables.py), or None for files."""
+    return inputs[0] if len(inputs) == 1 and tables.is_table(inputs[0]) else None
+
+
 def iter_rows(
     inputs: list[str], skip: int = 0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     line_format: str = LineFormat.VERTEX,
 ) -> Generator[Row, None, None]:
     """Every row of `inputs` from row number `skip` on."""
+    if (table := _table(inputs)) is not None:
+        yield from tables.iter_rows(table, skip)
+        return
     index = 0
     for uri in inputs:
         with storage.open_read(uri) as f:
@@ -157,6 +169,8 @@ def iter_rows(
 
 def count_rows(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> int:
     """How many rows `iter_rows` will yield from the start, without parsing them."""
+    if (table := _table(inputs)) is not None:
+        return tables.count_rows(table)
     total = 0
     for uri in inputs:
         with storage.open_read(uri) as f:
@@ -168,7 +182,10 @@ def count_rows(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) 
 
 def detect_line_format(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
                        ) -> LineFormat:
-    """The line format of `inputs`, from the first non-blank line of the first file."""
+    """The line format of `inputs`, from the first non-blank line of the first file (a
+    BigQuery table holds Vertex's rows)."""
+    if _table(inputs) is not None:
+        return LineFormat.VERTEX
     for uri in inputs:
         with storage.open_read(uri) as f:
             for _, raw, _ in _lines(f, max_line_bytes):
@@ -180,6 +197,8 @@ def detect_line_format(inputs: list[str], max_line_bytes: int = DEFAULT_MAX_LINE
 def estimate_rows(inputs: list[str]) -> int:
     """Lines in `inputs`, counted at C speed: exact unless the input has blank lines that hold
     spaces (a progress bar's total; `count_rows` gives the exact count)."""
+    if (table := _table(inputs)) is not None:
+        return tables.estimate_rows(table)
     total = 0
     for uri in inputs:
         last = b"\n"

@@ -227,6 +227,9 @@ class Job:
     face: Face = Face.VERTEX
     line_format: LineFormat = LineFormat.VERTEX
     face_info: dict[str, Any] = field(default_factory=dict)
+    #: A BigQuery output's table, bq://PROJECT.DATASET.TABLE, named at create; its chunks are
+    #: then written to `output_dir`, a staging folder (bigquery/publish.py).
+    output_table: str | None = None
 
     @property
     def name(self) -> str:

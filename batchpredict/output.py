@@ -31,7 +31,7 @@ from batchpredict import storage
 from batchpredict.errors import BatchPredictError, NotFound
 from batchpredict.formats import LineCodec, codec_for
 from batchpredict.formats.vertex import VertexLines
-from batchpredict.jobs import LineFormat, RowCounts
+from batchpredict.jobs import Job, LineFormat, RowCounts
 
 __all__ = [
     "ChunkedOutput",
@@ -39,6 +39,7 @@ __all__ = [
     "OutputPart",
     "OutputReader",
     "error_line",
+    "job_output",
     "make_output_dir",
     "processed_time",
     "success_line",
@@ -171,6 +172,9 @@ class Chunk:
 class ChunkedOutput:
     """One job's output directory."""
 
+    #: Whether `publish` does anything (a BigQuery output: bigquery/publish.py's TableOutput).
+    publishes = False
+
     def __init__(self, output_dir: str) -> None:
         self.output_dir = output_dir
         self.incremental_dir = storage.join(output_dir, INCREMENTAL)
@@ -224,6 +228,10 @@ class ChunkedOutput:
                     codec.count(orjson.loads(raw), counts)
         return counts
 
+    def publish(self, runs: list[Run]) -> None:
+        """Runs the runner has just written as chunks and counted: a job writing elsewhere too
+        (a BigQuery table) copies them there."""
+
     def assemble(self) -> str:
         """Stream every chunk, in row order, into predictions.jsonl; then remove the chunks.
         Safe to repeat: a crash before the chunks are gone just assembles again."""
@@ -241,6 +249,17 @@ class ChunkedOutput:
             storage.remove(chunk.uri)
         storage.remove_empty_dir(self.incremental_dir)
         return self.predictions_uri
+
+
+def job_output(job: Job) -> ChunkedOutput:
+    """The runner's output of `job`: its folder's chunks; for a job that writes a BigQuery
+    table, chunks that are also published to the table (bigquery/publish.py)."""
+    if job.output_table:
+        from batchpredict.bigquery.publish import TableOutput
+
+        return TableOutput(job)
+    assert job.output_dir is not None
+    return ChunkedOutput(job.output_dir)
 
 
 class OutputReader:

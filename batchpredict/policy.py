@@ -13,6 +13,9 @@ JSON) or in the tokens file beside its `[tokens]` table:
     read = ["gs://public-datasets/"]
 
 Prefixes are folders: `gs://b/team-a` allows `gs://b/team-a/x`, never `gs://b/team-a-old/x`.
+BigQuery prefixes name a project, dataset or table, their parts separated by dots:
+`bq://proj.team_a` (or `bq://proj.team_a.`) allows the tables of dataset team_a, as an input
+(read) or an output (write), never those of `bq://proj.team_a_old`.
 Every project also has two areas of its own (`area_name` makes the folder name):
     {uploads root}/{project}/   read: where the console stores its uploads
     {outputs root}/{project}/   read and write: the console's default output prefix
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchpredict import storage
+from batchpredict.bigquery import tables
 from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
 
 __all__ = [
@@ -113,7 +117,10 @@ def _local_path(uri: str) -> str:
 
 
 def _under(uri: str, root: str) -> bool:
-    """Whether `uri` is the folder `root` or inside it."""
+    """Whether `uri` is the folder `root` or inside it (a BigQuery table: in that project,
+    dataset or table)."""
+    if tables.is_table(root):
+        return tables.table_under(uri, root)
     if root == "/":
         return uri.startswith("/")
     root = root.rstrip("/")
@@ -163,6 +170,9 @@ def _grant(project: str, spec: Any, where: str) -> ProjectGrant:
             raise InvalidArgument(f"In {where}, projects.{project}.{key} must be a list of URIs.")
         prefixes = []
         for value in values:
+            if tables.is_table(value):  # bq://PROJECT[.DATASET[.TABLE]]
+                prefixes.append(tables.canonical(value))
+                continue
             if storage.scheme_of(value) == "file" and not os.path.isabs(_strip_file(value)):
                 raise InvalidArgument(
                     f"In {where}, projects.{project}.{key} holds {value!r}, which is not an "
@@ -230,6 +240,8 @@ class DataPolicy:
     def check_read(self, uri: str, what: str = "input") -> str:
         """The canonical URI of a file the project may read (a local one: its real path, a
         regular file that exists). PermissionDenied, NotFound or InvalidArgument otherwise."""
+        if tables.is_table(uri):
+            return self._check_table(uri, "input", write=False, what=f"{what} table")
         storage.check_uri(uri, "input")
         scheme, canon = canonical(uri)
         self._judge(uri, scheme, canon, write=False, what=what)
@@ -246,6 +258,8 @@ class DataPolicy:
 
     def check_write(self, prefix: str, what: str = "output prefix") -> str:
         """The canonical form of an output prefix the project may write under."""
+        if tables.is_table(prefix):
+            return self._check_table(prefix, "output", write=True, what="output table")
         storage.check_uri(prefix, "output")
         scheme, canon = canonical(prefix)
         self._judge(prefix, scheme, canon, write=True, what=what)
@@ -263,6 +277,13 @@ class DataPolicy:
         self._judge(uri, scheme, canon, write=False, what="fileData.fileUri")
         if scheme == "file" and os.path.exists(canon):
             _require_regular_file(uri, canon, "fileData.fileUri")
+
+    def _check_table(self, uri: str, role: str, write: bool, what: str) -> str:
+        """A BigQuery table (or an output's dataset): only configured bq:// prefixes grant one
+        in restricted mode; any in open mode. Its canonical bq://P.D[.T] (no pin)."""
+        canon = tables.canonical(uri, role)
+        self._judge(uri, "bq", canon, write=write, what=f"BigQuery {what}")
+        return canon
 
     # -- the rules -------------------------------------------------------------------------
     def _judge(self, uri: str, scheme: str, canon: str, write: bool, what: str) -> None:
@@ -290,18 +311,19 @@ class DataPolicy:
             return
         allowed = own + self.write_prefixes if write else (
             own + self.read_prefixes + self.write_prefixes)
-        if scheme not in storage.SUPPORTED_SCHEMES or not _under_any(canon, allowed):
+        if scheme not in (*storage.SUPPORTED_SCHEMES, "bq") or not _under_any(canon, allowed):
             key = "write" if write else "read"
+            example = "bq://PROJECT.DATASET" if scheme == "bq" else "PREFIX/"
             raise PermissionDenied(
                 f"Project {self.project} may not {verb} {uri}: it is outside the project's "
                 f"data. It may {verb} {self._areas(write)}. An administrator can allow more with "
-                f'{key} = ["PREFIX/"] under [projects.{self.project}] {_HOW}.'
+                f'{key} = ["{example}"] under [projects.{self.project}] {_HOW}.'
             )
 
     def _areas(self, write: bool) -> str:
         own = [self.outputs_area] if write else [self.uploads_area, self.outputs_area]
         extra = self.write_prefixes if write else self.read_prefixes + self.write_prefixes
-        return ", ".join(p.rstrip("/") + "/" for p in [*own, *extra])
+        return ", ".join(p if tables.is_table(p) else p.rstrip("/") + "/" for p in [*own, *extra])
 
 
 def _require_regular_file(uri: str, canon: str, what: str) -> None:

@@ -124,7 +124,7 @@ class JobRunner:
         job = self.job
         if not job.output_dir:
             job.output_dir = output.make_output_dir(job.output_prefix)
-        self.out = output.ChunkedOutput(job.output_dir)
+        self.out = output.job_output(job)
         if job.checkpoint.phase == "assembling":
             committed = job.checkpoint.committed_rows  # the chunks may be assembled away
         else:
@@ -335,7 +335,7 @@ class JobRunner:
         the job is no longer ours to save."""
         self.last_flush = time.monotonic()
         job = self.job
-        for first, lines, counts in self.buffer.take(contiguous_only):
+        for first, lines, counts in (runs := self.buffer.take(contiguous_only)):
             last = first + len(lines) - 1
             await self._write_chunk(first, last, b"".join(lines))
             job.counts.add(counts)
@@ -343,6 +343,8 @@ class JobRunner:
                 job.partial_failures.append(self.failures.pop(index))
             if first == job.checkpoint.committed_rows:
                 job.checkpoint.committed_rows = first + len(lines)
+        if self.out is not None and self.out.publishes:  # a BigQuery output: into its table
+            await bounded_io.run_io(self.out.publish, runs, pool=bounded_io.JOB_POOL)
         job.record_progress(utcnow())  # the console's throughput charts read this history
         return await asyncio.to_thread(self.store.save_progress, job)
 
@@ -384,7 +386,7 @@ class JobRunner:
     async def _assemble(self, reason: StopReason) -> None:
         job = self.job
         if self.out is None and job.output_dir:
-            self.out = output.ChunkedOutput(job.output_dir)
+            self.out = output.job_output(job)
         job.checkpoint.phase = "assembling"
         job.checkpoint.stop_reason = reason.value
         await asyncio.to_thread(self.store.save_progress, job)

@@ -26,8 +26,9 @@ from typing import IO, Any
 
 import orjson
 
+from batchpredict import bigquery, storage, uploads
 from batchpredict import input as input_files
-from batchpredict import storage, uploads
+from batchpredict.bigquery.publish import plan_output
 from batchpredict.config import DEFAULT_LOCATION, Settings
 from batchpredict.data_gate import DataGate
 from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
@@ -185,6 +186,8 @@ class JobService:
             face_info=dict(req.face_info),
         )
         job.checkpoint.inputs = inputs
+        if bigquery.is_table(prefix) or any(map(bigquery.is_table, uris)):  # its output table
+            plan_output(job, storage.join(self.settings.outputs_uri, area_name(project)))
         job = await asyncio.to_thread(self.store.create, job)
         if job.runs_in == RunsIn.SCHEDULER:
             self.scheduler.wake()

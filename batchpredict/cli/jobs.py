@@ -138,7 +138,8 @@ def jobs_get(
 
 @jobs.command("create")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--output", "-o", required=True, help="Output prefix: a folder, gs://... or s3://...")
+@click.option("--output", "-o", required=True,
+              help="Output prefix: a folder, gs://... or s3://...; or bq://PROJECT.DATASET[.TABLE].")
 @click.option("--model", "-m", default="gemini-2.5-flash", show_default=True, help="Model name.")
 @click.option("--display-name", default=None, help="Job name shown in lists.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label (repeat).")
@@ -149,7 +150,8 @@ def jobs_create(
     labels: tuple[str, ...], as_json: bool, data_dir: str | None, server: str | None,
     token: str | None, project: str | None, location: str,
 ) -> None:
-    """Create a job on the server from INPUT files (paths the server can read, gs://, s3://)."""
+    """Create a job on the server from INPUT files (paths the server can read, gs://, s3://) or
+    one BigQuery table (bq://PROJECT.DATASET.TABLE)."""
     from batchpredict.client import job_body
 
     label_map = {}

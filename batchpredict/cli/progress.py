@@ -124,7 +124,9 @@ def print_summary(job: Job, resume_command: str | None = None) -> None:
     if job.error:
         table.add_row("error", job.error.get("message", ""))
     out.print(table, highlight=False)
-    if job.output_dir:
+    if job.output_table:  # a BigQuery output: the table (its chunks stage in output_dir)
+        out.print(f"output  {job.output_table}", soft_wrap=True, highlight=False)
+    elif job.output_dir:
         # one unbroken line, so the path copies whole however narrow the terminal
         path = f"{job.output_dir}/predictions.jsonl" if job.state.is_terminal else job.output_dir
         out.print(f"output  {path}", soft_wrap=True, highlight=False)
@@ -141,7 +143,7 @@ def print_job(job: Job) -> None:
         ("face", job.face.value),
         ("state", state_text(job.state)),
         ("input", ", ".join(job.input_uris)),
-        ("output", job.output_dir or ""),
+        ("output", job.output_table or job.output_dir or ""),
         ("rows", f"{_rows_text(job)} (of {job.total_rows if job.total_rows is not None else '?'})"),
         ("tokens", str(job.counts.total_tokens)),
         ("created", format_time(job.create_time) or ""),

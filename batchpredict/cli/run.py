@@ -46,7 +46,8 @@ def fingerprint(inputs: list[str], output: str, model: str) -> str:
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", default=None,
-              help="Output prefix: a folder, gs://... or s3://... (the job's predictions folder).")
+              help="Output prefix: a folder, gs://... or s3://... (the job's predictions folder); "
+                   "or a BigQuery table to create: bq://PROJECT.DATASET[.TABLE].")
 @click.option("--output-file", default=None,
               help="Also write the lines of succeeded rows here (OpenAI input: an OpenAI output "
                    "file; other formats: every line). --output may then be left out.")
@@ -75,7 +76,8 @@ def run(
     chunk_seconds: float | None,
     quiet: bool,
 ) -> None:
-    """Run a batch job on INPUT files (JSONL, paths or wildcards) and write predictions.
+    """Run a batch job on INPUT files (JSONL, paths or wildcards) or one BigQuery table
+    (bq://PROJECT.DATASET.TABLE) and write predictions.
 
     Running the same command again after a crash or Ctrl-C resumes the same job.
     """
@@ -139,7 +141,7 @@ async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool,
         if job is not None:
             done = await service.committed_rows(job)
             err.print(f"Resuming job {job.id} ({plural(done, 'row')} already done) into "
-                      f"{job.output_dir}",
+                      f"{job.output_table or job.output_dir}",
                       highlight=False)
         else:
             request.line_format = None if line_format == "auto" else LineFormat(line_format)

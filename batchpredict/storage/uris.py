@@ -50,20 +50,22 @@ def scheme_of(uri: str) -> str:
 def check_uri(uri: str, role: str = "") -> None:
     """Refuse a URI batchpredict cannot use as an "input" or "output" (or either, role "").
 
-    Raises InvalidArgument naming what is supported, e.g. for BigQuery (bq://).
+    Raises InvalidArgument naming what is supported, e.g. for BigQuery (bq://: a table, which
+    batchpredict/bigquery reads and writes, never a file).
     """
     what = f"{role} URI" if role else "URI"
     if not uri or not uri.strip():
         raise InvalidArgument(f"The {what} is empty. Give {SUPPORTED_TEXT}.")
     scheme = scheme_of(uri)
-    if scheme == "bq":
+    if scheme == "bq":  # tables are read and written by batchpredict/bigquery, not as files
         kind, field = {
             "input": ("sources", " in gcsSource.uris"),
             "output": ("destinations", " in gcsDestination.outputUriPrefix"),
         }.get(role, ("tables", ""))
         raise InvalidArgument(
-            f"BigQuery {kind} ({uri}) are not supported. Use JSONL files in Cloud Storage "
-            f"(gs://), S3 (s3://) or local paths{field}."
+            f"BigQuery {kind} ({uri}) are tables, not files: give one as a job's whole input "
+            "(bigquerySource) or output (bigqueryDestination). Files are JSONL in Cloud "
+            f"Storage (gs://), S3 (s3://) or local paths{field}."
         )
     if scheme not in SUPPORTED_SCHEMES:
         raise InvalidArgument(

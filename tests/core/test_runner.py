@@ -120,8 +120,7 @@ async def test_time_limit_fails_the_job_with_rows_kept(store, tmp_path) -> None:
     [
         ("{tmp}/nope.jsonl", "The input {tmp}/nope.jsonl does not exist."),
         ("{tmp}/*.none", "The wildcard {tmp}/*.none matches no file."),
-        ("bq://project.dataset.table",
-         "BigQuery sources (bq://project.dataset.table) are not supported"),
+        ("bq://project.dataset", "The BigQuery input URI 'bq://project.dataset' is not valid"),
     ],
 )
 async def test_unusable_input_is_refused_at_submit_and_makes_no_job(

@@ -232,7 +232,7 @@ def _body(inputs: str, output: str | Path) -> dict[str, Any]:
     ('[projects.a]\nread = ["relative/path"]\n', "not an absolute path"),
     ('[projects.a]\nreed = ["/x"]\n', "only `read` and `write`"),
     ("[projects]\na = 3\n", "only `read` and `write`"),
-    ('[projects.a]\nread = ["bq://p.d.t"]\n', "BigQuery"),
+    ('[projects.a]\nread = ["bq://p.d/t"]\n', "BigQuery"),
 ])
 def test_a_bad_projects_file_is_refused_at_start(tmp_path: Path, config: str, match: str) -> None:
     from batchpredict.config import Settings

@@ -124,7 +124,7 @@ def test_create_errors(server: ThreadServer, make_input, tmp_path: Path) -> None
     reply = server.call("POST", path, job_body(make_input(1), "bq://project.dataset.table"))
     assert reply.status == 400
     assert reply.json["error"]["message"].startswith(
-        "BigQuery destinations (bq://project.dataset.table) are not supported.")
+        "BigQuery destinations (bq://project.dataset.table) go in outputConfig.bigqueryDestination")
 
     blocked = tmp_path / "read-only"
     blocked.write_text("a file, so nothing can be made under it")

@@ -5,7 +5,9 @@ A wrong type or a missing field is a 400 naming the field (`inputConfig.gcsSourc
 unknown field is a 400 in Google's words ("Unknown name ..."). Output-only fields (`name`,
 `state`, `createTime`, ...) and settings that do not apply here (`dedicatedResources`, ...) are
 accepted and ignored, as Vertex does; fields that would change the job's meaning but are not
-implemented (`instanceConfig`, `encryptionSpec`, BigQuery I/O, ...) are refused by name.
+implemented (`instanceConfig`, `encryptionSpec`, ...) are refused by name. BigQuery tables come in
+through `bigquerySource.inputUri` and go out through `bigqueryDestination.outputUri`
+(batchpredict/bigquery).
 """
 
 from __future__ import annotations
@@ -63,10 +65,16 @@ class GcsSource(_Message):
         return data
 
 
+class BigQuerySource(_Message):
+    input_uri: str = Field(min_length=1, description="bq://PROJECT.DATASET.TABLE")
+
+
 class InputConfig(_Message):
-    instances_format: Literal["jsonl"] = "jsonl"
+    instances_format: Literal["jsonl", "bigquery"] = "jsonl"
     gcs_source: GcsSource | None = None
-    bigquery_source: dict[str, Any] | None = Field(None, description="Not supported yet.")
+    bigquery_source: BigQuerySource | None = Field(
+        None, description='A table with a request column; instancesFormat "bigquery".'
+    )
 
 
 class GcsDestination(_Message):
@@ -75,10 +83,20 @@ class GcsDestination(_Message):
     )
 
 
+class BigQueryDestination(_Message):
+    output_uri: str = Field(
+        min_length=1,
+        description="bq://PROJECT.DATASET (a new predictions_<time> table) or a new table "
+        "bq://PROJECT.DATASET.TABLE",
+    )
+
+
 class OutputConfig(_Message):
-    predictions_format: Literal["jsonl"] = "jsonl"
+    predictions_format: Literal["jsonl", "bigquery"] = "jsonl"
     gcs_destination: GcsDestination | None = None
-    bigquery_destination: dict[str, Any] | None = Field(None, description="Not supported yet.")
+    bigquery_destination: BigQueryDestination | None = Field(
+        None, description='The table to write; predictionsFormat "bigquery".'
+    )
 
 
 class JobSpec(_Message):
@@ -117,30 +135,64 @@ class JobSpec(_Message):
         return {k: v for k, v in data.items() if k not in IGNORED_FIELDS}
 
     def inputs(self) -> list[str]:
-        if self.input_config.bigquery_source is not None:
+        config = self.input_config
+        if config.bigquery_source is not None:
+            if config.gcs_source is not None:
+                raise InvalidArgument(
+                    "inputConfig has both gcsSource and bigquerySource: give one of them."
+                )
+            if config.instances_format != "bigquery":
+                raise InvalidArgument(
+                    'inputConfig.instancesFormat must be "bigquery" with bigquerySource.'
+                )
+            return [config.bigquery_source.input_uri]
+        if config.instances_format != "jsonl":
             raise InvalidArgument(
-                "inputConfig.bigquerySource is not supported yet. Give JSONL files in "
-                "inputConfig.gcsSource.uris (gs://, s3:// or local paths)."
+                'inputConfig.instancesFormat "bigquery" needs inputConfig.bigquerySource: '
+                '{"bigquerySource": {"inputUri": "bq://PROJECT.DATASET.TABLE"}}.'
             )
-        if self.input_config.gcs_source is None:
+        if config.gcs_source is None:
             raise InvalidArgument(
                 "inputConfig.gcsSource is required: "
                 '{"gcsSource": {"uris": ["gs://bucket/input.jsonl"]}}.'
             )
-        return self.input_config.gcs_source.uris
+        for uri in config.gcs_source.uris:
+            if uri.strip().lower().startswith("bq://"):
+                raise InvalidArgument(
+                    f"BigQuery sources ({uri}) go in inputConfig.bigquerySource.inputUri, with "
+                    'instancesFormat "bigquery"; gcsSource.uris holds JSONL files.'
+                )
+        return config.gcs_source.uris
 
     def output_prefix(self) -> str:
-        if self.output_config.bigquery_destination is not None:
+        config = self.output_config
+        if config.bigquery_destination is not None:
+            if config.gcs_destination is not None:
+                raise InvalidArgument(
+                    "outputConfig has both gcsDestination and bigqueryDestination: give one."
+                )
+            if config.predictions_format != "bigquery":
+                raise InvalidArgument(
+                    'outputConfig.predictionsFormat must be "bigquery" with bigqueryDestination.'
+                )
+            return config.bigquery_destination.output_uri
+        if config.predictions_format != "jsonl":
             raise InvalidArgument(
-                "outputConfig.bigqueryDestination is not supported yet. Give "
-                "outputConfig.gcsDestination.outputUriPrefix (gs://, s3:// or a local folder)."
+                'outputConfig.predictionsFormat "bigquery" needs outputConfig.bigqueryDestination'
+                ': {"bigqueryDestination": {"outputUri": "bq://PROJECT.DATASET"}}.'
             )
-        if self.output_config.gcs_destination is None:
+        if config.gcs_destination is None:
             raise InvalidArgument(
                 "outputConfig.gcsDestination is required: "
                 '{"gcsDestination": {"outputUriPrefix": "gs://bucket/output"}}.'
             )
-        return self.output_config.gcs_destination.output_uri_prefix
+        prefix = config.gcs_destination.output_uri_prefix
+        if prefix.strip().lower().startswith("bq://"):
+            raise InvalidArgument(
+                f"BigQuery destinations ({prefix}) go in outputConfig.bigqueryDestination."
+                'outputUri, with predictionsFormat "bigquery"; gcsDestination takes a folder.'
+            )
+        return prefix
 
     def job_request(self) -> JobRequest:
         """What the job service is asked for."""

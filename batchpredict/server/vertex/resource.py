@@ -14,7 +14,7 @@ from typing import Any
 
 from batchpredict.jobs import Face, Job, JobState, RowCounts, format_time, parse_time
 
-__all__ = ["job_from_resource", "job_resource"]
+__all__ = ["input_config", "job_from_resource", "job_resource", "output_config"]
 
 S = JobState
 
@@ -25,11 +25,8 @@ def job_resource(job: Job) -> dict[str, Any]:
         "name": job.name,
         "displayName": job.display_name,
         "model": job.model,
-        "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": job.input_uris}},
-        "outputConfig": {
-            "predictionsFormat": "jsonl",
-            "gcsDestination": {"outputUriPrefix": job.output_prefix},
-        },
+        "inputConfig": input_config(job.input_uris),
+        "outputConfig": output_config(job.output_prefix),
         "state": job.state.value,
         "createTime": format_time(job.create_time),
         "updateTime": format_time(job.update_time),
@@ -43,7 +40,11 @@ def job_resource(job: Job) -> dict[str, Any]:
         out["endTime"] = format_time(job.end_time)
     if job.error and job.state in (S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
         out["error"] = job.error
-    if job.output_dir:
+    if job.output_table:  # a BigQuery output (its chunks stage in output_dir)
+        if job.state != S.JOB_STATE_PENDING:
+            dataset, _, table = job.output_table.rpartition(".")
+            out["outputInfo"] = {"bigqueryOutputDataset": dataset, "bigqueryOutputTable": table}
+    elif job.output_dir:
         out["outputInfo"] = {"gcsOutputDirectory": job.output_dir}
     if job.state != S.JOB_STATE_PENDING:
         out["completionStats"] = {
@@ -71,22 +72,22 @@ def job_from_resource(data: dict[str, Any]) -> Job:
     _, project, _, location, _, job_id = (data["name"].split("/") + [""] * 6)[:6]
     stats = data.get("completionStats") or {}
     progress = data.get("progress") or {}
-    source = (data.get("inputConfig") or {}).get("gcsSource") or {}
-    dest = (data.get("outputConfig") or {}).get("gcsDestination") or {}
+    inputs, prefix = _io_from_resource(data)
+    info = data.get("outputInfo") or {}
     prompt = int(progress.get("promptTokenCount") or 0)
     total = progress.get("totalCount")
     job = Job(
         display_name=data.get("displayName", ""),
         model=data.get("model", ""),
-        input_uris=list(source.get("uris") or []),
-        output_prefix=dest.get("outputUriPrefix", ""),
+        input_uris=inputs,
+        output_prefix=prefix,
         project=project,
         location=location,
         labels=dict(data.get("labels") or {}),
         id=int(job_id) if job_id.isdigit() else 0,
         state=JobState(data["state"]),
         error=data.get("error"),
-        output_dir=(data.get("outputInfo") or {}).get("gcsOutputDirectory"),
+        output_dir=info.get("gcsOutputDirectory"),
         counts=RowCounts(
             succeeded=int(stats.get("successfulCount") or 0),
             failed=int(stats.get("failedCount") or 0),
@@ -98,8 +99,39 @@ def job_from_resource(data: dict[str, Any]) -> Job:
         model_version=data.get("modelVersionId"),
         face=Face(data.get("face") or Face.VERTEX),
     )
+    if info.get("bigqueryOutputTable"):
+        job.output_table = f"{info.get('bigqueryOutputDataset')}.{info['bigqueryOutputTable']}"
     for key, attr in (("createTime", "create_time"), ("updateTime", "update_time"),
                       ("startTime", "start_time"), ("endTime", "end_time")):
         if data.get(key):
             setattr(job, attr, parse_time(data[key]))
     return job
+
+
+# -- input and output configs: JSONL files (gcsSource, gcsDestination) or BigQuery tables ------
+def _is_table(uri: str) -> bool:
+    return uri.strip().lower().startswith("bq://")
+
+
+def input_config(uris: list[str]) -> dict[str, Any]:
+    """inputConfig for `uris`: one bq:// table (bigquerySource) or JSONL files (gcsSource)."""
+    if len(uris) == 1 and _is_table(uris[0]):
+        return {"instancesFormat": "bigquery", "bigquerySource": {"inputUri": uris[0]}}
+    return {"instancesFormat": "jsonl", "gcsSource": {"uris": list(uris)}}
+
+
+def output_config(prefix: str) -> dict[str, Any]:
+    """outputConfig for `prefix`: a bq:// dataset or table, or an output URI prefix."""
+    if _is_table(prefix):
+        return {"predictionsFormat": "bigquery", "bigqueryDestination": {"outputUri": prefix}}
+    return {"predictionsFormat": "jsonl", "gcsDestination": {"outputUriPrefix": prefix}}
+
+
+def _io_from_resource(data: dict[str, Any]) -> tuple[list[str], str]:
+    """(input URIs, output prefix) of a resource, from its gcs or bigquery fields."""
+    inp, out = data.get("inputConfig") or {}, data.get("outputConfig") or {}
+    table = (inp.get("bigquerySource") or {}).get("inputUri")
+    inputs = [table] if table else list((inp.get("gcsSource") or {}).get("uris") or [])
+    dest = (out.get("bigqueryDestination") or {}).get("outputUri")
+    prefix = dest or (out.get("gcsDestination") or {}).get("outputUriPrefix", "")
+    return inputs, str(prefix)

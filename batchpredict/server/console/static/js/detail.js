@@ -233,9 +233,12 @@ export function detailView(root, name) {
       ["Created through", h("span", { id: "job-face" }, faceName(job.face))],
       ["Model", h("span", { title: job.model }, shortModel(job.model))],
       ["Model version", job.modelVersionId],
-      ["Input", h("span", { class: "mono" }, job.inputConfig.gcsSource.uris.join("\n"))],
-      ["Output prefix", h("span", { class: "mono" }, job.outputConfig.gcsDestination.outputUriPrefix)],
-      ["Output folder", job.outputInfo ? h("span", { class: "mono", id: "output-dir" }, job.outputInfo.gcsOutputDirectory) : null],
+      ["Input", h("span", { class: "mono" }, job.inputConfig.gcsSource
+        ? job.inputConfig.gcsSource.uris.join("\n") : job.inputConfig.bigquerySource.inputUri)],
+      ["Output prefix", h("span", { class: "mono" }, job.outputConfig.gcsDestination
+        ? job.outputConfig.gcsDestination.outputUriPrefix : job.outputConfig.bigqueryDestination.outputUri)],
+      ["Output folder", job.outputInfo && job.outputInfo.gcsOutputDirectory ? h("span", { class: "mono", id: "output-dir" }, job.outputInfo.gcsOutputDirectory) : null],
+      ["Output table", job.outputInfo && job.outputInfo.bigqueryOutputTable ? h("span", { class: "mono" }, `${job.outputInfo.bigqueryOutputDataset}.${job.outputInfo.bigqueryOutputTable}`) : null],
       ["Labels", labels],
       ["Updated", timeEl(job.updateTime)],
     ]));

@@ -10,8 +10,11 @@ function parts(job) {
   return {
     project,
     location,
-    uris: job.inputConfig.gcsSource.uris,
-    prefix: job.outputConfig.gcsDestination.outputUriPrefix,
+    // a BigQuery job names one table in and a dataset or table out
+    uris: job.inputConfig.gcsSource ? job.inputConfig.gcsSource.uris
+      : [job.inputConfig.bigquerySource.inputUri],
+    prefix: job.outputConfig.gcsDestination ? job.outputConfig.gcsDestination.outputUriPrefix
+      : job.outputConfig.bigqueryDestination.outputUri,
   };
 }
 
@@ -53,10 +56,12 @@ export function sdkSnippet(job, origin) {
     ")",
     "job = client.batches.create(",
     `    model=${py(job.model)},`,
-    `    src=types.BatchJobSource(format="jsonl", gcs_uri=[${uris.map(py).join(", ")}]),`,
+    job.inputConfig.bigquerySource ? `    src=${py(uris[0])},`
+      : `    src=types.BatchJobSource(format="jsonl", gcs_uri=[${uris.map(py).join(", ")}]),`,
     "    config=types.CreateBatchJobConfig(",
     `        display_name=${py(job.displayName)},`,
-    `        dest=types.BatchJobDestination(format="jsonl", gcs_uri=${py(prefix)}),`,
+    job.outputConfig.bigqueryDestination ? `        dest=${py(prefix)},`
+      : `        dest=types.BatchJobDestination(format="jsonl", gcs_uri=${py(prefix)}),`,
     "    ),",
     ")",
     "print(job.name, job.state)",
@@ -71,12 +76,12 @@ export function sdkSnippet(job, origin) {
 }
 
 export function curlSnippet(job, origin) {
-  const { project, location, uris, prefix } = parts(job);
+  const { project, location } = parts(job);
   const body = {
     displayName: job.displayName,
     model: job.model,
-    inputConfig: { instancesFormat: "jsonl", gcsSource: { uris } },
-    outputConfig: { predictionsFormat: "jsonl", gcsDestination: { outputUriPrefix: prefix } },
+    inputConfig: job.inputConfig,
+    outputConfig: job.outputConfig,
   };
   if (job.labels && Object.keys(job.labels).length) body.labels = job.labels;
   const auth = '-H "Authorization: Bearer $BATCHPREDICT_TOKEN"';
