@@ -98,6 +98,20 @@ def create_app(
     app.state.gate = service.gate
     app.state.metrics = metrics
 
+    _install_routes(app, scheduler, metrics)
+    _install_error_handlers(app)
+    app.add_middleware(LatencyMiddleware, histogram=metrics.latency)
+    # Host, cross-site, Content-Type and body size, before any route (http_guard.py)
+    app.add_middleware(
+        HttpGuard, open_mode=access.is_open, allowed_hosts=settings.allowed_hosts,
+        max_request_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes,
+    )
+    install_log_redaction()  # no ?key= tokens in access logs
+    return app
+
+
+def _install_routes(app: FastAPI, scheduler: Any, metrics: Metrics) -> None:
+    """Every face's routes, health and metrics, and the console."""
     for version in VERSIONS:
         parent = f"/{version}/projects/{{project}}/locations/{{location}}"
         app.include_router(job_routes(parent, vertex_scope))
@@ -120,15 +134,6 @@ def create_app(
         return Response(body, media_type=CONTENT_TYPE)
 
     console.mount(app)  # the web console at /console and its /batchpredict/v1 endpoints
-    _install_error_handlers(app)
-    app.add_middleware(LatencyMiddleware, histogram=metrics.latency)
-    # Host, cross-site, Content-Type and body size, before any route (http_guard.py)
-    app.add_middleware(
-        HttpGuard, open_mode=access.is_open, allowed_hosts=settings.allowed_hosts,
-        max_request_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes,
-    )
-    install_log_redaction()  # no ?key= tokens in access logs
-    return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
