@@ -220,18 +220,29 @@ class JobService:
             raise InvalidArgument("pageSize must not be negative.")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before = _read_page_token(page_token, filter_text) if page_token else below
-        jobs = await asyncio.to_thread(self.store.list, scope.project)
+        caller = scope.caller
+        projects = ([scope.project] if scope.project is not None
+                    else None if caller.projects is None else sorted(caller.projects))
+        location = scope.location if scope.project is not None else None
+        #: states the filter requires (state="X" at its top level): the indexed column
+        states = getattr(matches, "states", None)
         page: list[Job] = []
         more = False
-        for job in jobs:
-            if before is not None and job.id >= before:
-                continue
-            if not scope.sees(job) or (matches is not None and not matches(job)):
-                continue
-            if len(page) == size:
-                more = True
+        batch = size + 1
+        while True:  # keyset pages from the store; a selective filter may take several
+            jobs = await asyncio.to_thread(
+                self.store.page, batch, before, projects, location, states
+            )
+            for job in jobs:
+                if not scope.sees(job) or (matches is not None and not matches(job)):
+                    continue
+                if len(page) == size:
+                    more = True
+                    break
+                page.append(job)
+            if more or len(jobs) < batch:
                 break
-            page.append(job)
+            before, batch = jobs[-1].id, min(batch * 4, 5000)
         token = _page_token(page[-1].id, filter_text) if more else ""
         return page, token
 
@@ -246,8 +257,8 @@ class JobService:
         return job
 
     async def committed_rows(self, job: Job) -> int:
-        """Rows of a job durably written (its chunks are the truth: a kill can precede the
-        store's checkpoint)."""
+        """Rows of a job durably written (its chunk objects are the truth: a kill can come
+        between a chunk and its commit in the store)."""
         if not job.output_dir:
             return job.counts.done
         out = ChunkedOutput(job.output_dir)
@@ -273,8 +284,8 @@ class JobService:
         caller = scope.caller
         projects = caller.projects
         if projects is None:
-            jobs = await asyncio.to_thread(self.store.list)
-            projects = frozenset({caller.default_project, *(job.project for job in jobs)})
+            have = await asyncio.to_thread(self.store.projects)
+            projects = frozenset({caller.default_project, *have})
         return {
             "project": caller.default_project,
             "location": DEFAULT_LOCATION,

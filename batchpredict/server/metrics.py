@@ -1,7 +1,8 @@
 """`/metrics` in Prometheus' text format: jobs and rows from the job store, HTTP request latency.
 
 Job figures are read from the store at scrape time (they survive restarts and count every
-replica's work); each app has its own registry, so several apps in one process do not collide.
+replica's work), aggregated by the database (`JobStore.totals`: one GROUP BY, never every job
+read into Python); each app has its own registry, so several apps in one process do not collide.
 
     batchpredict_jobs{state}                       jobs in the store, by state
     batchpredict_job_rows{result}                  committed rows of those jobs: succeeded, failed,
@@ -15,7 +16,6 @@ replica's work); each app has its own registry, so several apps in one process d
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,8 +39,8 @@ class _JobCollector(Collector):
         self.scheduler = scheduler
 
     def collect(self) -> Iterator[Metric]:
-        jobs = self.store.list()
-        by_state = Counter(j.state for j in jobs)
+        totals = self.store.totals()
+        by_state = totals.jobs
         states = GaugeMetricFamily("batchpredict_jobs", "Jobs in the job store, by state.",
                                    labels=["state"])
         for state in JobState:
@@ -51,20 +51,21 @@ class _JobCollector(Collector):
         rows = GaugeMetricFamily("batchpredict_job_rows",
                                  "Committed rows of the jobs in the store, by result.",
                                  labels=["result"])
-        rows.add_metric(["succeeded"], sum(j.counts.succeeded for j in jobs))
-        rows.add_metric(["failed"], sum(j.counts.failed for j in jobs))
-        rows.add_metric(["incomplete"], sum(j.incomplete for j in jobs))
+        rows.add_metric(["succeeded"], totals.counts.succeeded)
+        rows.add_metric(["failed"], totals.counts.failed)
+        rows.add_metric(["incomplete"], totals.incomplete)
         yield rows
         tokens = GaugeMetricFamily("batchpredict_job_tokens",
                                    "Tokens of the successful rows of the jobs in the store.",
                                    labels=["kind"])
-        tokens.add_metric(["prompt"], sum(j.counts.prompt_tokens for j in jobs))
-        tokens.add_metric(["candidates"], sum(j.counts.candidates_tokens for j in jobs))
+        tokens.add_metric(["prompt"], totals.counts.prompt_tokens)
+        tokens.add_metric(["candidates"], totals.counts.candidates_tokens)
         yield tokens
         yield GaugeMetricFamily("batchpredict_running_jobs", "Jobs running in this process.",
                                 value=len(self.scheduler.running))
         yield GaugeMetricFamily("batchpredict_max_running_jobs",
-                                "Jobs this process runs at once; more wait in PENDING.",
+                                "Jobs all servers on the store run at once; more wait in "
+                                "PENDING.",
                                 value=self.scheduler.capacity)
 
 

@@ -6,6 +6,14 @@ Rules every implementation keeps:
   any pair not in `jobs.ALLOWED_TRANSITIONS`.
 - `claim` gives a job to one runner: only when nobody holds it or its holder's heartbeat is
   older than `stale_after` seconds (or the holder is a dead process on this host).
+- `claim_next` gives the oldest pending scheduler job to one runner only while fewer than
+  `limit` scheduler jobs are held in the whole store (counted and claimed in one transaction):
+  the running limit holds across every server sharing the store.
+- `commit_chunk` is the one way a job's rows count as done: in one transaction it records the
+  chunk (refusing one that overlaps a committed chunk) and writes the job's counts, and only
+  while the caller still holds the job. A chunk reported twice is never counted twice.
+- Lists, recovery scans and metrics are answered by the database (indexed columns, LIMIT, GROUP
+  BY), never by reading every job.
 """
 
 from __future__ import annotations
@@ -14,13 +22,15 @@ import abc
 import builtins
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 
 from batchpredict.errors import FailedPrecondition
-from batchpredict.jobs import ALLOWED_TRANSITIONS, Job, JobState, utcnow
+from batchpredict.jobs import ALLOWED_TRANSITIONS, Job, JobState, RowCounts, utcnow
 
-__all__ = ["JobStore", "owner_is_gone"]
+__all__ = ["ChunkRecord", "Commit", "JobStore", "StoreTotals", "owner_is_gone"]
 
 
 def owner_is_gone(owner: str | None, heartbeat_age: timedelta | None, stale_after: float) -> bool:
@@ -40,6 +50,36 @@ def owner_is_gone(owner: str | None, heartbeat_age: timedelta | None, stale_afte
     return heartbeat_age is None or heartbeat_age.total_seconds() > stale_after
 
 
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A committed chunk of a job's output: rows first..last (inclusive) and their counts."""
+
+    first: int
+    last: int
+    counts: RowCounts
+
+
+class Commit(Enum):
+    """What `commit_chunk` did."""
+
+    COMMITTED = "committed"
+    #: This very chunk was committed before: nothing changed.
+    DUPLICATE = "duplicate"
+    #: It overlaps another committed chunk: refused (its rows are already counted).
+    OVERLAP = "overlap"
+    #: The caller no longer holds the job (cancelled and ended, or taken over).
+    LOST = "lost"
+
+
+@dataclass
+class StoreTotals:
+    """What /metrics shows: jobs by state, and rows and tokens over every job."""
+
+    jobs: dict[JobState, int]
+    counts: RowCounts
+    incomplete: int
+
+
 class JobStore(abc.ABC):
     """Where jobs live. Methods are synchronous and quick; call them from a thread in async code."""
 
@@ -53,12 +93,43 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def list(self, project: str | None = None) -> list[Job]:
-        """Jobs newest first, all projects when `project` is None."""
+        """Every job newest first, all projects when `project` is None (small stores, tests:
+        `page` is what faces use)."""
+
+    @abc.abstractmethod
+    def page(
+        self,
+        limit: int,
+        before_id: int | None = None,
+        projects: Collection[str] | None = None,
+        location: str | None = None,
+        states: Collection[JobState] | None = None,
+    ) -> builtins.list[Job]:
+        """At most `limit` jobs newest first with ids below `before_id`, in `projects` (None:
+        all), `location` and `states` (None: any), read with one indexed query."""
+
+    @abc.abstractmethod
+    def projects(self) -> builtins.list[str]:
+        """The projects that have jobs."""
+
+    @abc.abstractmethod
+    def totals(self) -> StoreTotals:
+        """Jobs by state and rows and tokens over all jobs, aggregated by the database."""
 
     @abc.abstractmethod
     def list_unfinished(self) -> builtins.list[Job]:
-        """PENDING, RUNNING and CANCELLING jobs of every project, oldest first: what a
-        scheduler looks at, without reading the finished ones."""
+        """PENDING, RUNNING and CANCELLING jobs of every project, oldest first."""
+
+    @abc.abstractmethod
+    def list_held(self) -> builtins.list[Job]:
+        """Scheduler jobs that hold a running slot, oldest first: RUNNING, CANCELLING, and
+        PENDING ones already claimed. What a recovery scan looks at (at most the running limit
+        of jobs, plus any whose runner died)."""
+
+    @abc.abstractmethod
+    def claim_next(self, owner: str, limit: int) -> Job | None:
+        """Claim the oldest unclaimed PENDING scheduler job for `owner`, if fewer than `limit`
+        scheduler jobs are held store-wide; None otherwise. One transaction."""
 
     @abc.abstractmethod
     def delete(self, job_id: int) -> None:
@@ -72,6 +143,22 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def find_by_fingerprint(self, fingerprint: str) -> Job | None:
         """The newest unfinished job with this fingerprint."""
+
+    # -- committed chunks ---------------------------------------------------------------
+    @abc.abstractmethod
+    def commit_chunk(
+        self, job: Job, chunk: ChunkRecord, apply: Callable[[Job], None] | None = None
+    ) -> Commit:
+        """Record `chunk` as committed and write `job` (after `apply`, which adds the chunk's
+        counts), in one transaction, if `job.owner` still holds the job."""
+
+    @abc.abstractmethod
+    def chunks(self, job_id: int) -> builtins.list[ChunkRecord]:
+        """The job's committed chunks in row order."""
+
+    @abc.abstractmethod
+    def forget_chunks(self, job_id: int, firsts: Collection[int] | None = None) -> None:
+        """Drop committed chunks (those starting at `firsts`; all when None)."""
 
     # -- shared logic -------------------------------------------------------------------
     def transition(

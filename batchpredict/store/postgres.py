@@ -1,14 +1,21 @@
 """PostgreSQL job store, for several API servers (or a server and CLIs on other machines)
-sharing one set of jobs. `BATCHPREDICT_STORE_URL=postgresql://user@host:5432/db`."""
+sharing one set of jobs. `BATCHPREDICT_STORE_URL=postgresql://user@host:5432/db`.
+
+Claims of pending jobs are serialised by a transaction-scoped advisory lock around count and
+claim, so the running limit holds across servers; a chunk commit locks its job's row
+(`SELECT ... FOR UPDATE`) while it checks the owner and the committed chunks.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from batchpredict.errors import Unavailable
 from batchpredict.store.files import FILES_SCHEMA
-from batchpredict.store.sql import SQLJobStore
+from batchpredict.store.sql import Query, SQLJobStore
 
 __all__ = ["PostgresJobStore"]
 
@@ -21,13 +28,33 @@ CREATE TABLE IF NOT EXISTS jobs (
     fingerprint TEXT,
     data JSONB NOT NULL
 );
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS location TEXT;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS runs_in TEXT;
+UPDATE jobs SET location = data->>'location' WHERE location IS NULL;
+UPDATE jobs SET runs_in = COALESCE(data->>'runs_in',
+    CASE WHEN fingerprint IS NULL THEN 'scheduler' ELSE 'command' END) WHERE runs_in IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_held ON jobs (runs_in, state, owner);
+CREATE TABLE IF NOT EXISTS job_chunks (
+    job_id BIGINT NOT NULL,
+    first_row BIGINT NOT NULL,
+    last_row BIGINT NOT NULL,
+    succeeded BIGINT NOT NULL,
+    failed BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    candidates_tokens BIGINT NOT NULL,
+    PRIMARY KEY (job_id, first_row)
+);
 """
+#: Advisory lock keys: creating the schema, claiming a pending job.
+_SCHEMA_LOCK, _CLAIM_LOCK = 724171, 724172
 
 
 class PostgresJobStore(SQLJobStore):
+    _LOCK_JOB = " FOR UPDATE"
+
     def __init__(self, url: str) -> None:
         try:
             import psycopg
@@ -41,9 +68,9 @@ class PostgresJobStore(SQLJobStore):
         self._conn = self._connect()
         with self._lock, self._conn.cursor() as cur:
             # two servers starting together must not both create the table
-            cur.execute("SELECT pg_advisory_lock(724171)")
+            cur.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
             cur.execute(_SCHEMA + FILES_SCHEMA)
-            cur.execute("SELECT pg_advisory_unlock(724171)")
+            cur.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
 
     def _connect(self) -> Any:
         try:
@@ -71,3 +98,23 @@ class PostgresJobStore(SQLJobStore):
                         raise
                     self._conn = self._connect()  # the server restarted: once more
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Query]:
+        with self._lock:
+            if self._conn.closed:
+                self._conn = self._connect()
+            with self._conn.transaction(), self._conn.cursor() as cur:
+
+                def q(sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
+                    cur.execute(sql.replace("?", "%s"), args)
+                    return (cur.fetchall() if cur.description else []), cur.rowcount
+
+                yield q
+
+    def _claim_lock(self, q: Query) -> None:
+        q(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})")
+
+    def _json_int(self, path: str) -> str:
+        keys = ",".join(path.split("."))
+        return f"COALESCE((data #>> '{{{keys}}}')::bigint, 0)"

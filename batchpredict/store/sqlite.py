@@ -1,15 +1,18 @@
 """SQLite job store: one file in the data directory, WAL mode, safe across processes (the
-guarded UPDATEs of `SQLJobStore` are atomic in SQLite too)."""
+guarded UPDATEs of `SQLJobStore` are atomic in SQLite too, and its transactions start with
+BEGIN IMMEDIATE, which takes the database's one write lock)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from batchpredict.store.files import FILES_SCHEMA
-from batchpredict.store.sql import SQLJobStore
+from batchpredict.store.sql import Query, SQLJobStore
 
 __all__ = ["SQLiteJobStore"]
 
@@ -22,13 +25,34 @@ CREATE TABLE IF NOT EXISTS jobs (
     fingerprint TEXT,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS job_chunks (
+    job_id INTEGER NOT NULL,
+    first_row INTEGER NOT NULL,
+    last_row INTEGER NOT NULL,
+    succeeded INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    candidates_tokens INTEGER NOT NULL,
+    PRIMARY KEY (job_id, first_row)
+);
+"""
+#: Columns added after the first release, with how to fill them from the record.
+_ADDED = {
+    "location": "json_extract(data, '$.location')",
+    "runs_in": "COALESCE(json_extract(data, '$.runs_in'), "
+               "CASE WHEN fingerprint IS NULL THEN 'scheduler' ELSE 'command' END)",
+}
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs (project, id);
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_held ON jobs (runs_in, state, owner);
 """
 
 
 class SQLiteJobStore(SQLJobStore):
+    _HELD_INDEX = " INDEXED BY jobs_held"
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +63,22 @@ class SQLiteJobStore(SQLJobStore):
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA + FILES_SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in (_SCHEMA + FILES_SCHEMA).split(";")[:-1]:
+                    self._db.execute(statement)
+                have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+                for column, fill in _ADDED.items():
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+                        self._db.execute(f"UPDATE jobs SET {column} = {fill}")
+                for statement in _INDEXES.split(";")[:-1]:
+                    self._db.execute(statement)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -50,3 +89,21 @@ class SQLiteJobStore(SQLJobStore):
             cur = self._db.execute(sql, args)
             rows = cur.fetchall()
             return rows, cur.rowcount
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Query]:
+        def q(sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
+            cur = self._db.execute(sql, args)
+            return cur.fetchall(), cur.rowcount
+
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield q
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _json_int(self, path: str) -> str:
+        return f"COALESCE(json_extract(data, '$.{path}'), 0)"

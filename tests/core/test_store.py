@@ -27,7 +27,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path):
     from batchpredict.store.postgres import PostgresJobStore
 
     url = request.getfixturevalue("postgres_url")
-    PostgresJobStore(url)._query("DROP TABLE IF EXISTS jobs")
+    PostgresJobStore(url)._query("DROP TABLE IF EXISTS jobs, job_chunks")
     return lambda: PostgresJobStore(url)
 
 

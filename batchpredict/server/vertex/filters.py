@@ -259,13 +259,42 @@ def _time_condition(
     return check
 
 
-def compile_filter(text: str | None) -> Predicate:
+class Filter:
+    """A compiled filter: call it on a job. `states` is the set of states every matching job
+    is in (a top-level `state="X"`), or None: the job store narrows its query by it."""
+
+    def __init__(self, predicate: Predicate, states: frozenset[JobState] | None) -> None:
+        self.predicate = predicate
+        self.states = states
+
+    def __call__(self, job: Job) -> bool:
+        return self.predicate(job)
+
+
+def compile_filter(text: str | None) -> Filter:
     """A predicate over jobs for a list `filter`; everything passes when it is empty."""
     if not text or not text.strip():
-        return lambda j: True
+        return Filter(lambda j: True, None)
     if len(text) > MAX_FILTER_CHARS:  # security: bounded parse and evaluation
         raise InvalidArgument(
             f"The filter is {len(text)} characters long; the limit is {MAX_FILTER_CHARS}. "
             "Use fewer conditions (labels.team:* matches every value of a label)."
         )
-    return _Parser(text).parse()
+    return Filter(_Parser(text).parse(), _required_states(_tokenize(text)))
+
+
+def _required_states(tokens: list[_Token]) -> frozenset[JobState] | None:
+    """The state a filter pins at its top level: no OR outside parentheses, and a
+    `state = VALUE` (no wildcard) there not under NOT."""
+    depth, found = 0, None
+    for i, tok in enumerate(tokens):
+        depth += (tok.kind == "lparen") - (tok.kind == "rparen")
+        if depth or tok.kind != "word":
+            continue
+        if tok.text == "OR":
+            return None
+        negated = i > 0 and (tokens[i - 1].kind == "minus" or tokens[i - 1].text == "NOT")
+        if (tok.text == "state" and not negated and tokens[i + 1].text == "="
+                and tokens[i + 2].kind in ("string", "word") and "*" not in tokens[i + 2].text):
+            found = JobState(_state_value(tokens[i + 2].text))
+    return None if found is None else frozenset({found})
