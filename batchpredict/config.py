@@ -69,8 +69,20 @@ class Settings:
     max_line_bytes: int = RunnerSettings.max_line_bytes
     #: A job still running this long after it started ends FAILED (24 h, as on Vertex).
     time_limit_seconds: float = RunnerSettings.time_limit_seconds
-    #: Jobs the server runs at once; more wait in JOB_STATE_PENDING.
+    #: Jobs run at once by all the servers sharing the job store (claims are counted in the
+    #: store); more wait in JOB_STATE_PENDING.
     max_running_jobs: int = 1
+    #: Where a job's rows run: local (in the server's process), processes (worker processes on
+    #: this machine) or ray (Ray actors; see BATCHPREDICT_RAY_ADDRESS).
+    executor: str = "local"
+    #: Workers per job: processes or Ray actors, each loading the model once (local: ranges run
+    #: at once). 0: one per CPU for processes, as many as the Ray cluster fits for ray, 1 local.
+    workers: int = 0
+    #: Ray cluster to run on (ray://host:10001, or host:6379 from a cluster node); empty: a
+    #: single-node cluster started on this machine for the first job that needs it.
+    ray_address: str = ""
+    #: Workers that have not started (loaded the model) after this many seconds fail the job.
+    worker_start_seconds: float = 300.0
     #: How often a running job checks for cancel and the time limit, and the scheduler for work.
     poll_seconds: float = RunnerSettings.poll_seconds
     #: A runner silent this long is presumed dead; the server then resumes its job.

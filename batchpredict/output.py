@@ -4,11 +4,12 @@
         incremental_predictions/predictions_{first row:012d}-{last row:012d}.jsonl   while running
         predictions.jsonl                                                           when done
 
-Each chunk is an immutable object holding a run of output lines in input order; the chunks that
-exist ARE the durable progress of a job: a resumed runner lists them to learn which rows are done
-(`ChunkedOutput.committed`), so a crash between writing a chunk and checkpointing it loses nothing
-and writes nothing twice. When the job ends, `assemble` streams the chunks in order into
-`predictions.jsonl`, written atomically, and removes them.
+Each chunk is an immutable object holding a run of consecutive output lines in input order,
+written first-writer-wins; chunks may complete in any order (workers run row ranges). The chunks
+that exist ARE the durable progress of a job: a driver that starts reconciles them with the
+store's commit records (executors/commits.py), so a crash between writing a chunk and committing
+it loses nothing and writes nothing twice. When the job ends, `assemble` streams the committed
+chunks in row order into `predictions.jsonl`, written atomically, and removes every chunk object.
 
     OrderedChunkBuffer   output lines arrive in any order, leave as gap-free runs (chunks)
     ChunkedOutput        one job's output folder: write, list, recount and assemble chunks
@@ -34,6 +35,7 @@ from batchpredict.formats.vertex import VertexLines
 from batchpredict.jobs import Job, LineFormat, RowCounts
 
 __all__ = [
+    "Chunk",
     "ChunkedOutput",
     "OrderedChunkBuffer",
     "OutputPart",
@@ -91,19 +93,18 @@ def error_line(
     return _VERTEX.error_line(extras, request, error, when)
 
 
-#: One answered row on its way to a chunk: (line, succeeded, prompt tokens, output tokens).
-Answer = tuple[bytes, bool, int, int]
 #: A run of consecutive rows ready to be one chunk: (first row, lines, their counts).
 Run = tuple[int, list[bytes], RowCounts]
 
 
 class OrderedChunkBuffer:
-    """Output lines arrive in any order (batches finish out of order); they leave in row order.
+    """Output lines arrive in runs of consecutive rows, in any order (batches finish out of
+    order); they leave in row order.
 
-    Rows that follow the last buffered one without a gap go straight into `lines`; others wait
-    in `pending` until the gap fills (`advance`). `take` hands over what is buffered as runs:
-    the gap-free run only, or (a job ending early) every answered row, as separate runs around
-    the gaps, so no completed row is lost.
+    A run that follows the buffered rows without a gap goes straight into `lines`; others wait
+    in `pending` (by first row) until the gap fills (`advance`). `take` hands over what is
+    buffered as runs: the gap-free run only, or (a range ending early) every answered row, as
+    separate runs around the gaps, so no completed row is lost.
     """
 
     __slots__ = ("counts", "first", "lines", "next_index", "pending")
@@ -114,49 +115,41 @@ class OrderedChunkBuffer:
         self.first = next_index
         self.lines: list[bytes] = []
         self.counts = RowCounts()
-        self.pending: dict[int, Answer] = {}
+        self.pending: dict[int, tuple[list[bytes], RowCounts]] = {}
 
     def __len__(self) -> int:
         return len(self.lines)
 
-    def add(self, index: int, answer: Answer) -> None:
-        if index == self.next_index:
-            self._append(*answer)
+    def add_run(self, first: int, lines: list[bytes], counts: RowCounts) -> None:
+        """Rows first, first+1, ... answered: their lines and counts."""
+        if first == self.next_index:
+            self._append(lines, counts)
         else:
-            self.pending[index] = answer
+            self.pending[first] = (lines, counts)
 
     def advance(self) -> None:
-        """Move the rows that now follow without a gap out of `pending`."""
+        """Move the runs that now follow without a gap out of `pending`."""
         pending = self.pending
         while self.next_index in pending:
             self._append(*pending.pop(self.next_index))
 
-    def _append(self, line: bytes, ok: bool, prompt: int, cand: int) -> None:
-        self.lines.append(line)
-        counts = self.counts
-        if ok:
-            counts.succeeded += 1
-            counts.prompt_tokens += prompt
-            counts.candidates_tokens += cand
-        else:
-            counts.failed += 1
-        self.next_index += 1
+    def _append(self, lines: list[bytes], counts: RowCounts) -> None:
+        self.lines.extend(lines)
+        self.counts.add(counts)
+        self.next_index += len(lines)
 
     def take(self, contiguous_only: bool) -> list[Run]:
         runs: list[Run] = []
         if self.lines:
             runs.append((self.first, self.lines, self.counts))
         if not contiguous_only:
-            for index in sorted(self.pending):
-                line, ok, prompt, cand = self.pending.pop(index)
-                if not runs or runs[-1][0] + len(runs[-1][1]) != index:
-                    runs.append((index, [], RowCounts()))
-                runs[-1][1].append(line)
-                c = runs[-1][2]
-                c.succeeded += ok
-                c.failed += not ok
-                c.prompt_tokens += prompt
-                c.candidates_tokens += cand
+            for first in sorted(self.pending):
+                lines, counts = self.pending.pop(first)
+                if runs and runs[-1][0] + len(runs[-1][1]) == first:
+                    runs[-1][1].extend(lines)
+                    runs[-1][2].add(counts)
+                else:
+                    runs.append((first, list(lines), counts))
         self.lines, self.counts = [], RowCounts()
         self.first = self.next_index
         return runs
@@ -167,6 +160,10 @@ class Chunk:
     first: int
     last: int
     uri: str
+
+    @property
+    def rows(self) -> int:
+        return self.last - self.first + 1
 
 
 class ChunkedOutput:
@@ -183,8 +180,10 @@ class ChunkedOutput:
     def chunk_uri(self, first: int, last: int) -> str:
         return storage.join(self.incremental_dir, f"predictions_{first:012d}-{last:012d}.jsonl")
 
-    def write_chunk(self, first: int, last: int, data: bytes) -> None:
-        storage.write_atomic(self.chunk_uri(first, last), data)
+    def write_chunk(self, first: int, last: int, data: bytes) -> bool:
+        """Write a chunk object; False when one of that name was there first (local storage
+        refuses to replace it; object stores without preconditions replace it: same rows)."""
+        return storage.write_atomic(self.chunk_uri(first, last), data, if_absent=True)
 
     def chunks(self, remove_stale: bool = False) -> list[Chunk]:
         """The chunk objects in row order. With `remove_stale` (only the job's runner, which
@@ -199,25 +198,30 @@ class ChunkedOutput:
         return sorted(found, key=lambda c: c.first)
 
     def committed_count(self) -> int:
-        """Rows 0..n-1 that chunks cover without a gap: `committed()` without its clean-up."""
-        n = 0
-        for chunk in self.chunks():
-            if chunk.first != n:
-                break
-            n = chunk.last + 1
-        return n
+        """Rows 0..n-1 that chunk objects cover without a gap (see `committed`)."""
+        return self.committed()[0]
 
     def committed(self) -> tuple[int, list[Chunk]]:
-        """Rows 0..n-1 that chunks cover without a gap, and those chunks. Chunks past a gap
-        (only a crash during a final, gappy flush leaves them) are dropped: their rows rerun."""
+        """Rows 0..n-1 that chunk objects cover without a gap, and those chunks: what is surely
+        done, read from storage alone. Nothing is removed: chunks past a gap may be a worker's
+        still filling it (the driver's commit records say which chunks count)."""
         n, kept = 0, []
-        for chunk in self.chunks(remove_stale=True):
+        for chunk in self.chunks():
             if chunk.first == n:
                 kept.append(chunk)
                 n = chunk.last + 1
-            else:
-                storage.remove(chunk.uri)
+            elif chunk.first > n:
+                break
         return n, kept
+
+    def written(self) -> list[Chunk]:
+        """The chunk objects that do not overlap one another, in row order (of two that
+        overlap, a lost worker's and its range's rerun, the one that starts first is kept)."""
+        kept: list[Chunk] = []
+        for chunk in self.chunks():
+            if not kept or chunk.first > kept[-1].last:
+                kept.append(chunk)
+        return kept
 
     @staticmethod
     def recount(chunks: list[Chunk], codec: LineCodec = _VERTEX) -> RowCounts:
@@ -228,24 +232,28 @@ class ChunkedOutput:
                     codec.count(orjson.loads(raw), counts)
         return counts
 
-    def publish(self, runs: list[Run]) -> None:
-        """Runs the runner has just written as chunks and counted: a job writing elsewhere too
-        (a BigQuery table) copies them there."""
+    def publish(self, runs: list[Run], chunks: list[Chunk] | None = None) -> None:
+        """Runs of committed lines that just became gap-free from row 0 (`chunks`: every
+        committed chunk): a job writing elsewhere too (a BigQuery table) copies them there."""
 
-    def assemble(self) -> str:
-        """Stream every chunk, in row order, into predictions.jsonl; then remove the chunks.
-        Safe to repeat: a crash before the chunks are gone just assembles again."""
-        chunks = self.chunks()
-        if not chunks and storage.exists(self.predictions_uri):
-            return self.predictions_uri  # assembled before a crash; chunks already removed
-        with storage.open_atomic_writer(self.predictions_uri) as out:
-            for chunk in chunks:
-                with storage.open_read(chunk.uri) as f:
-                    while block := f.read(4 * 1024 * 1024):
-                        out.write(block)
-        # Last chunk first: a crash part-way leaves a gap-free prefix of chunks, so a resumed
-        # runner keeps those rows (committed()) instead of dropping everything past a gap.
-        for chunk in reversed(chunks):
+    def assemble(self, chunks: list[Chunk] | None = None) -> str:
+        """Stream `chunks` (the committed ones; default: `written()`), in row order, into
+        predictions.jsonl; then remove every chunk object. Safe to repeat: a crash before the
+        chunks are gone just assembles again (or, once some are gone, only removes the rest)."""
+        every = self.chunks()
+        chunks = sorted(chunks, key=lambda c: c.first) if chunks is not None else self.written()
+        if storage.exists(self.predictions_uri) and (
+                not every or not {c.uri for c in chunks} <= {c.uri for c in every}):
+            chunks = []  # assembled before a crash; chunks (partly) removed already
+        else:
+            with storage.open_atomic_writer(self.predictions_uri) as out:
+                for chunk in chunks:
+                    with storage.open_read(chunk.uri) as f:
+                        while block := f.read(4 * 1024 * 1024):
+                            out.write(block)
+        # Last chunk first: a crash part-way leaves a prefix of the chunks (the store's commit
+        # records then say which rows predictions.jsonl already holds).
+        for chunk in reversed(every):
             storage.remove(chunk.uri)
         storage.remove_empty_dir(self.incremental_dir)
         return self.predictions_uri
@@ -280,7 +288,7 @@ class OutputReader:
             return []
         if storage.exists(self.output.predictions_uri):
             return [self.output.predictions_uri]
-        return [chunk.uri for chunk in self.output.chunks()]
+        return [chunk.uri for chunk in self.output.written()]
 
     def has_output(self) -> bool:
         return bool(self.files())

@@ -1,21 +1,31 @@
-"""Running one job: rows stream from storage through the backend into chunked output.
+"""Running one job: the driver. Workers run row ranges; only the driver commits their chunks.
 
-    reader thread ──batches of Rows──> dispatcher ──backend.generate (≤ max_concurrency)──>
-    OrderedChunkBuffer (row order) ──> watcher: chunk objects + checkpoint + heartbeat
+    planner (job pool) ──ranges──> Dispatch ──> executor's workers (in this process, worker
+    processes or Ray actors): read the range, answer it, write chunk objects (executors/)
+                                  │ ChunkDone reports
+                                  ▼
+    driver: commit each chunk in one store transaction, never twice (executors/commits.py) ──
+    heartbeat, cancel, time limit ── assemble predictions.jsonl from the committed chunks
 
-Only the scheduler builds a runner, for a job it has claimed (the store's `claim`), after the job
-service checked the job's model, inputs and output prefix at submit. The lifecycle of
-`JobRunner.run`:
+Only the scheduler builds a runner, for a job it has claimed (the store's `claim`), with the
+executor the job runs on, after the job service checked the job's model, inputs and output
+prefix at submit. The lifecycle of `JobRunner.run`:
 
-    start    the output folder; where to resume (the committed chunks are the truth); RUNNING
-    stream   rows in, lines out, chunks committed as they fill, until a `StopReason`
+    start    the output folder; the committed chunks, reconciled with the chunk objects on
+             storage (the objects are the truth); RUNNING; the workers start
+    stream   ranges of the rows not yet committed go to the workers, chunks come back and are
+             committed (and published to a BigQuery output table), until a `StopReason`
     conclude DONE: assemble predictions.jsonl, SUCCEEDED (FAILED when no row succeeded)
              CANCEL: keep every completed row, CANCELLED     TIME_LIMIT: the same, FAILED
-             INTERRUPT (Ctrl-C, server shutdown): commit the gap-free rows, release the job
+             INTERRUPT (Ctrl-C, server shutdown): commit the answered rows, release the job
              (still RUNNING: the next runner resumes it)     LOST: another runner took it over
 
-Every stop that ends the job first writes every completed row; no stop writes a row twice.
-Memory: at most `window_rows` rows are between the reader and the chunk writer at any time.
+A job whose runner died while assembling (`checkpoint.phase`) is finished from its assembled
+state the way it was ending (`checkpoint.stop_reason`): no row runs again. Every stop that ends
+the job first writes and commits every answered row; no row is written or counted twice.
+Memory: each worker holds at most `window_rows` rows; the driver holds the committed intervals
+(a few per range in flight) and no rows. The driver's own reads (planning, counting) run on
+`bounded_io.JOB_POOL` and stop at their next read once the rows stop.
 """
 
 from __future__ import annotations
@@ -31,25 +41,39 @@ from enum import Enum
 from typing import Any
 
 from batchpredict import bounded_io, output
-from batchpredict.backends import dedupe
-from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.config import RunnerSettings
 from batchpredict.errors import (
     BatchPredictError,
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
     InvalidArgument,
     plural,
 )
+from batchpredict.executors.base import (
+    Answered,
+    ChunkDone,
+    Dispatch,
+    Executor,
+    RangeSource,
+    Report,
+    WorkerHandle,
+    WorkerSpec,
+)
+from batchpredict.executors.commits import Commits
+from batchpredict.executors.ranges import plan_ranges
 from batchpredict.formats import codec_for
-from batchpredict.input import Row, count_rows, estimate_rows, iter_rows
-from batchpredict.jobs import MAX_PARTIAL_FAILURES, Job, JobState, RowCounts, utcnow
+from batchpredict.input import count_rows, estimate_rows
+from batchpredict.jobs import Job, JobState, RowCounts, utcnow
 from batchpredict.store.base import JobStore
 
 __all__ = ["JobRunner", "Progress", "StopReason"]
 
 log = logging.getLogger(__name__)
 S = JobState
+#: After a stop, workers get this long to write their answered rows.
+STOP_GRACE_SECONDS = 30.0
 #: After a stop, how long the runner may spend reading its input again to count its rows (for
 #: incompleteCount); a stuck or very slow input then gives the estimate instead.
 RECOUNT_SECONDS = 10.0
@@ -81,58 +105,72 @@ class JobRunner:
         self,
         store: JobStore,
         job: Job,
-        backend: Backend,
+        executor: Executor | None,
+        registry: Any,
         settings: RunnerSettings,
         on_progress: Callable[[Progress], None] | None = None,
         interrupt: asyncio.Event | None = None,
+        on_loading: Callable[[str | None], None] | None = None,
+        scope: Any = None,
     ) -> None:
-        """`job` as claimed by its scheduler: `job.owner` is this runner's identity."""
+        """`job` as claimed by its scheduler: `job.owner` is this runner's identity.
+        `executor` is None only for a job that is CANCELLING (no rows to run). `scope`: the
+        (DataPolicy, MediaPolicy) of the job's project, under which workers read fileData."""
         self.store = store
         self.job = job
         self.owner = job.owner
-        self.backend = dedupe.for_job(backend)  # identical temperature-0 requests sent once
+        self.executor = executor
+        self.registry = registry
         self.settings = settings
         self.on_progress = on_progress
+        self.on_loading = on_loading
         self.interrupt = interrupt or asyncio.Event()
-        self.out: output.ChunkedOutput | None = None
-        self.live = RowCounts()  # rows answered, committed or not
-        self.read_all = False
-        #: set when the rows stop: reader threads stuck on slow storage stop at their next read
-        self.stop_reading = threading.Event()
+        self.scope = scope
         self.codec = codec_for(job.line_format)  # the job's input and output lines
+        self.out: output.ChunkedOutput | None = None
+        self.commits: Commits | None = None
+        self.live = RowCounts()  # rows answered, committed or not
+        self.source: RangeSource | None = None
+        self.progressed = asyncio.Event()
+        #: set when the rows stop: the driver's reads stuck on slow storage stop at the next
+        self.stop_reading = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> Job:
         """Run the job to its end (or to an interrupt) and return it as stored."""
-        if self.job.state == S.JOB_STATE_CANCELLING:
+        if self.job.state == S.JOB_STATE_CANCELLING or self.executor is None:
             return await self._conclude(StopReason.CANCEL)
         try:
             await bounded_io.run_io(self._start, pool=bounded_io.JOB_POOL)
+            if self.job.checkpoint.phase == "assembling":
+                # a runner died after the last chunk: finish as it would have, no row runs again
+                await self.executor.close()
+                return await self._conclude(StopReason(self.job.checkpoint.stop_reason or "done"))
+            workers = await self._start_workers(self.executor)
         except BatchPredictError as exc:
-            return await self._fail(exc)
-        if self.job.checkpoint.phase == "assembling":
-            # a runner died after the last chunk: finish as it would have, no row runs again
-            return await self._conclude(StopReason(self.job.checkpoint.stop_reason or "done"))
+            await self.executor.close()
+            return await self._fail(exc, keep_rows=self.out is not None)
+        if workers is None:  # interrupted while the workers started
+            await self.executor.close()
+            await asyncio.to_thread(self.store.release, self.job)
+            return self.job
         try:
-            reason = await self._stream()
+            reason = await self._stream(workers)
         except BatchPredictError as exc:
             return await self._fail(exc, keep_rows=True)
+        finally:
+            await self.executor.close()
         return await self._conclude(reason)
 
     def _start(self) -> None:
-        """The output folder and where to resume; then RUNNING (blocking: runs in a thread)."""
+        """The output folder and the committed chunks; then RUNNING (blocking: a thread)."""
         job = self.job
         if not job.output_dir:
             job.output_dir = output.make_output_dir(job.output_prefix)
         self.out = output.job_output(job)
-        if job.checkpoint.phase == "assembling":
-            committed = job.checkpoint.committed_rows  # the chunks may be assembled away
-        else:
-            committed, chunks = self.out.committed()
-        if committed != job.checkpoint.committed_rows:
-            # The chunks are the truth: a crash came between a chunk and its checkpoint.
-            job.counts = output.ChunkedOutput.recount(chunks, self.codec)
-            job.checkpoint.committed_rows = committed
+        self.commits = Commits(self.store, self.out, self.codec)
+        if job.checkpoint.phase != "assembling":  # (assembling: the chunks may be gone)
+            self.commits.reconcile(job)
 
         def start(j: Job) -> None:
             j.checkpoint, j.counts, j.output_dir = job.checkpoint, job.counts, job.output_dir
@@ -141,30 +179,58 @@ class JobRunner:
 
         self.job = self.store.transition(job.id, S.JOB_STATE_RUNNING, start)
 
-    async def _stream(self) -> StopReason:
-        """Rows in, lines out, until the input ends or something stops the job."""
-        self.buffer = output.OrderedChunkBuffer(self.job.checkpoint.committed_rows)
-        #: errors of failed rows not yet committed, for partialFailures (bounded)
-        self.failures: dict[int, dict[str, Any]] = {}
+    async def _start_workers(self, executor: Executor) -> list[WorkerHandle] | None:
+        job = self.job
+        assert job.output_dir is not None
+        spec = WorkerSpec(job.id, job.model, job.output_dir, self.settings,
+                          line_format=job.line_format, scope=self.scope)
+        if self.on_loading is not None:
+            self.on_loading(job.model)
+        beat = asyncio.ensure_future(self._heartbeat_while_starting())
+        try:
+            workers = await executor.start(spec, self.registry)
+        finally:
+            beat.cancel()
+            if self.on_loading is not None:
+                self.on_loading(None)
+        return None if self.interrupt.is_set() else workers
+
+    async def _heartbeat_while_starting(self) -> None:
+        """Loading a model can outlast `stale_after_seconds`: prove the job is alive."""
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            await asyncio.to_thread(self.store.save_progress, self.job)
+
+    # -- the stream of ranges -------------------------------------------------------------
+    async def _stream(self, workers: list[WorkerHandle]) -> StopReason:
+        st, commits = self.settings, self.commits
+        assert commits is not None
+        plan = plan_ranges(self.job.checkpoint.inputs, st.chunk_rows, commits.committed.intervals,
+                           st.max_line_bytes)
+        self.source = RangeSource(plan, self.stop_reading)
+        dispatch = Dispatch(workers, self.source, self._on_report)
         self.live = RowCounts()
         self.live.add(self.job.counts)
-        self.progressed = asyncio.Event()
-        self.last_flush = self.last_check = time.monotonic()
+        self.last_check = time.monotonic()
+        execution = asyncio.ensure_future(dispatch.run())
         counter = asyncio.ensure_future(self._count_rows())
-        dispatcher = asyncio.ensure_future(self._dispatch())
         try:
-            reason = await self._watch(dispatcher)
+            reason = await self._watch(execution)
         finally:
             self.stop_reading.set()
             counter.cancel()
-            if not dispatcher.done():
-                dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await dispatcher
+            if not execution.done():
+                await dispatch.stop(STOP_GRACE_SECONDS)
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await execution
+        if reason != StopReason.LOST and not await commits.commit_pending(self.job):
+            reason = await self._why_lost()
+        if self.source.total is not None:
+            self.job.total_rows = self.source.total
         return reason
 
     async def _count_rows(self) -> None:
-        """A quick total for the progress bar; exact once the reader reaches the end."""
+        """A quick total for the progress bar; exact once planning reaches the end."""
 
         def estimate() -> int:
             bounded_io.guard_reads(stop=self.stop_reading)
@@ -174,7 +240,7 @@ class JobRunner:
             total = await bounded_io.run_io(estimate, pool=bounded_io.JOB_POOL)
         except bounded_io.ReadStopped:
             return
-        if not self.read_all:
+        if self.source is not None and self.source.total is None:
             self.job.total_rows = total
             self._report()
 
@@ -194,35 +260,29 @@ class JobRunner:
                         "uses the estimate", self.job.id, RECOUNT_SECONDS)
             return fallback
 
-    async def _watch(self, dispatcher: asyncio.Future[Any]) -> StopReason:
-        """Flush chunks as they fill, heartbeat, and notice cancel, time limit and interrupt."""
-        st = self.settings
+    async def _watch(self, execution: asyncio.Future[Any]) -> StopReason:
+        """Commit chunks as they come, heartbeat, and notice cancel, time limit, interrupt."""
+        st, commits = self.settings, self.commits
+        assert commits is not None
         started = self.job.start_time or utcnow()
         while True:
-            wait: asyncio.Future[Any] = asyncio.ensure_future(self.progressed.wait())
-            stop: asyncio.Future[Any] = asyncio.ensure_future(self.interrupt.wait())
-            await asyncio.wait(
-                [wait, stop, dispatcher], timeout=st.poll_seconds, return_when="FIRST_COMPLETED"
-            )
-            wait.cancel()
-            stop.cancel()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.progressed, self.interrupt)]
+            await asyncio.wait([*waits, execution], timeout=st.poll_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
             self.progressed.clear()
-            if dispatcher.done():
-                dispatcher.result()  # re-raise a dispatcher error
+            if not await commits.commit_pending(self.job):
+                return await self._why_lost()
+            if execution.done():
+                execution.result()  # re-raise a worker's error
                 return StopReason.DONE
             if self.interrupt.is_set():
                 return StopReason.INTERRUPT
             if (utcnow() - started).total_seconds() >= st.time_limit_seconds:
                 return StopReason.TIME_LIMIT
-            due = time.monotonic() - self.last_flush >= st.chunk_seconds
-            if len(self.buffer) >= st.chunk_rows or (due and len(self.buffer)):
-                if not await self._flush(contiguous_only=True):
-                    return await self._why_lost()
-            elif due or time.monotonic() - self.last_check >= st.poll_seconds:
-                # Heartbeat; a failed save is how a runner learns of a cancel (CANCELLING), so
-                # it is due every poll_seconds, not only when a chunk is.
-                if due:
-                    self.last_flush = time.monotonic()
+            if time.monotonic() - self.last_check >= st.poll_seconds:
+                # Heartbeat; a failed save is how a runner learns of a cancel (CANCELLING).
                 self.last_check = time.monotonic()
                 if not await asyncio.to_thread(self.store.save_progress, self.job):
                     return await self._why_lost()
@@ -235,134 +295,23 @@ class JobRunner:
         log.warning("job %s was taken over by %s; this runner stops", stored.id, stored.owner)
         return StopReason.LOST
 
-    # -- rows in --------------------------------------------------------------------------
-    async def _dispatch(self) -> None:
-        st, backend, buffer = self.settings, self.backend, self.buffer
-        rows = iter_rows(
-            self.job.checkpoint.inputs, self.job.checkpoint.committed_rows, st.max_line_bytes,
-            self.job.line_format,
-        )
-        batch_size = max(1, backend.batch_size)
-        read_batch = max(st.read_batch_rows, batch_size)
-        slots = asyncio.Semaphore(max(1, backend.max_concurrency))
-        tasks: set[asyncio.Task[None]] = set()
-        next_read = buffer.next_index
-
-        def read() -> list[Row]:
-            bounded_io.guard_reads(stop=self.stop_reading)  # files opened here stop on cancel
-            return [row for _, row in zip(range(read_batch), rows, strict=False)]
-
-        try:
-            while True:
-                while next_read - buffer.next_index > st.window_rows:
-                    self.progressed.clear()
-                    await self.progressed.wait()
-                batch = await bounded_io.run_io(read, pool=bounded_io.JOB_POOL)
-                if not batch:
-                    break
-                next_read = batch[-1].index + 1
-                good = []
-                for row in batch:
-                    if row.error is not None:
-                        self._deliver(row, row.error)
-                    else:
-                        good.append(row)
-                for i in range(0, len(good), batch_size):
-                    await slots.acquire()
-                    task = asyncio.ensure_future(self._generate(good[i : i + batch_size], slots))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                self._delivered()
-            if tasks:
-                await asyncio.gather(*tasks)
-            self.read_all = True
-            self.job.total_rows = next_read
-        finally:
-            for task in tasks:
-                task.cancel()
-            with contextlib.suppress(ValueError):  # still running in a reader thread
-                rows.close()
-
-    async def _generate(self, batch: list[Row], slots: asyncio.Semaphore) -> None:
-        try:
-            results = await generate_per_row(
-                self.backend, [row.parsed for row in batch]  # type: ignore[misc]
-            )
-            for row, result in zip(batch, results, strict=True):
-                self._deliver(row, result)
-            self._delivered()
-        finally:
-            slots.release()
-
-    # -- lines out ------------------------------------------------------------------------
-    def _deliver(self, row: Row, result: dict[str, Any] | BatchPredictError) -> None:
-        """One row's output line, stamped with when it was processed."""
-        live, when = self.live, output.processed_time()
-        if isinstance(result, BatchPredictError):
-            line = self.codec.error_line(row.extras, row.request, result, when)
-            self.buffer.add(row.index, (line, False, 0, 0))
-            live.failed += 1
-            if len(self.job.partial_failures) + len(self.failures) < MAX_PARTIAL_FAILURES:
-                status = result.to_job_error()
-                status["message"] = f"Output line {row.index + 1}: {status['message']}"
-                self.failures[row.index] = status
-            return
-        usage = result.get("usageMetadata") or {}
-        prompt = int(usage.get("promptTokenCount") or 0)
-        cand = int(usage.get("candidatesTokenCount") or 0)
-        line = self.codec.success_line(row.extras, row.request, result, when)
-        self.buffer.add(row.index, (line, True, prompt, cand))
-        live.succeeded += 1
-        live.prompt_tokens += prompt
-        live.candidates_tokens += cand
-
-    def _delivered(self) -> None:
-        self.buffer.advance()
-        self.progressed.set()
-        self._report()
+    # -- reports --------------------------------------------------------------------------
+    def _on_report(self, report: Report) -> None:
+        if isinstance(report, ChunkDone):
+            assert self.commits is not None
+            self.commits.pending.append(report)
+            self.progressed.set()
+        elif isinstance(report, Answered):
+            self.live.add(report.counts)
+            self._report()
 
     def _report(self) -> None:
         if self.on_progress is not None:
             live = self.live if self.live.done else self.job.counts
-            self.on_progress(
-                Progress(live.done, self.job.total_rows, live.succeeded, live.failed,
-                         live.total_tokens)
-            )
-
-    async def _flush(self, contiguous_only: bool) -> bool:
-        """Write buffered rows as chunks and checkpoint them. With `contiguous_only` False, also
-        the rows answered past a gap (a job ending early keeps every completed row). False when
-        the job is no longer ours to save."""
-        self.last_flush = time.monotonic()
-        job = self.job
-        for first, lines, counts in (runs := self.buffer.take(contiguous_only)):
-            last = first + len(lines) - 1
-            await self._write_chunk(first, last, b"".join(lines))
-            job.counts.add(counts)
-            for index in sorted(i for i in self.failures if first <= i <= last):
-                job.partial_failures.append(self.failures.pop(index))
-            if first == job.checkpoint.committed_rows:
-                job.checkpoint.committed_rows = first + len(lines)
-        if self.out is not None and self.out.publishes:  # a BigQuery output: into its table
-            await bounded_io.run_io(self.out.publish, runs, pool=bounded_io.JOB_POOL)
-        job.record_progress(utcnow())  # the console's throughput charts read this history
-        return await asyncio.to_thread(self.store.save_progress, job)
-
-    async def _write_chunk(self, first: int, last: int, data: bytes) -> None:
-        assert self.out is not None
-        delay = 0.5
-        for attempt in range(5):
-            try:
-                await asyncio.to_thread(self.out.write_chunk, first, last, data)
-                return
-            except BatchPredictError as exc:
-                if attempt == 4:
-                    raise InvalidArgument(
-                        f"Could not write output to {self.job.output_dir}: {exc.message}"
-                    ) from exc
-                log.warning("chunk write failed (%s); retrying in %.1fs", exc.message, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
+            total = self.job.total_rows
+            done = min(live.done, total) if total else live.done
+            self.on_progress(Progress(done, total, live.succeeded, live.failed,
+                                      live.total_tokens))
 
     # -- endings --------------------------------------------------------------------------
     async def _conclude(self, reason: StopReason) -> Job:
@@ -370,13 +319,12 @@ class JobRunner:
         if reason == StopReason.LOST:
             return self.job
         if reason == StopReason.INTERRUPT:
-            await self._flush(contiguous_only=True)
+            await asyncio.to_thread(self.store.save_progress, self.job)
             await asyncio.to_thread(self.store.release, self.job)
             return self.job
-        if hasattr(self, "buffer"):
-            if not self.read_all:  # ended early: the exact count, for incompleteCount
-                self.job.total_rows = await self._recount(self.job.total_rows)
-            await self._flush(contiguous_only=reason == StopReason.DONE)
+        if self.source is not None and self.source.total is None:
+            # ended early: the exact count, for incompleteCount
+            self.job.total_rows = await self._recount(self.job.total_rows)
         await self._assemble(reason)
         state, error = self._verdict(reason)
         if state == S.JOB_STATE_CANCELLED and self.job.state == S.JOB_STATE_RUNNING:
@@ -385,15 +333,23 @@ class JobRunner:
 
     async def _assemble(self, reason: StopReason) -> None:
         job = self.job
-        if self.out is None and job.output_dir:
-            self.out = output.job_output(job)
         job.checkpoint.phase = "assembling"
         job.checkpoint.stop_reason = reason.value
         await asyncio.to_thread(self.store.save_progress, job)
-        if self.out is not None:
-            await asyncio.to_thread(self.out.assemble)
+        await self._assemble_chunks()
         if job.total_rows is None and job.checkpoint.inputs:
             job.total_rows = await self._recount(None)
+
+    async def _assemble_chunks(self) -> None:
+        """predictions.jsonl from the committed chunks (the store's records), in row order."""
+        job = self.job
+        if self.out is None and job.output_dir:
+            self.out = output.job_output(job)
+        out = self.out
+        if out is not None:
+            chunks = [output.Chunk(c.first, c.last, out.chunk_uri(c.first, c.last))
+                      for c in await asyncio.to_thread(self.store.chunks, job.id)]
+            await bounded_io.run_io(out.assemble, chunks, pool=bounded_io.JOB_POOL)
 
     def _verdict(self, reason: StopReason) -> tuple[JobState, BatchPredictError | None]:
         """The final state and error of a job whose rows stopped for `reason`."""
@@ -412,6 +368,11 @@ class JobRunner:
                 f"The input has no rows: {', '.join(job.checkpoint.inputs)}. Each line must be a "
                 f"JSON object such as {self.codec.example}."
             )
+        if job.counts.done != job.total_rows:
+            return S.JOB_STATE_FAILED, Internal(
+                f"The job ended with {job.counts.done} of {job.total_rows} rows committed; "
+                "the committed rows are in its output folder."
+            )
         if job.counts.succeeded == 0:
             return S.JOB_STATE_FAILED, InvalidArgument(
                 f"{_all_failed(job.counts.failed)}; see the status field of each line in "
@@ -424,11 +385,11 @@ class JobRunner:
 
     async def _fail(self, exc: BatchPredictError, keep_rows: bool = False) -> Job:
         if keep_rows:
-            with contextlib.suppress(BatchPredictError):
-                await self._flush(contiguous_only=False)
-            if self.out is not None:
+            if self.commits is not None:
                 with contextlib.suppress(BatchPredictError):
-                    await asyncio.to_thread(self.out.assemble)
+                    await self.commits.commit_pending(self.job)
+            with contextlib.suppress(BatchPredictError):
+                await self._assemble_chunks()
         return await self._end(S.JOB_STATE_FAILED, exc)
 
     async def _end(self, state: JobState, error: BatchPredictError | None) -> Job:
@@ -441,7 +402,19 @@ class JobRunner:
             j.partial_failures = job.partial_failures
             j.error = error.to_job_error() if error else None
 
-        self.job = await asyncio.to_thread(self.store.transition, job.id, state, finish)
+        try:
+            self.job = await asyncio.to_thread(self.store.transition, job.id, state, finish)
+        except FailedPrecondition:
+            stored = await asyncio.to_thread(self.store.get, job.id)
+            if stored.state != S.JOB_STATE_CANCELLING or state == S.JOB_STATE_CANCELLED:
+                raise
+            # cancelled as the last rows were committed: it ends CANCELLED, every row kept
+            error = Cancelled("The job was cancelled.")
+            self.job = await asyncio.to_thread(
+                self.store.transition, job.id, S.JOB_STATE_CANCELLED, finish
+            )
+        # the committed chunks are in predictions.jsonl now: their records are not needed
+        await asyncio.to_thread(self.store.forget_chunks, job.id)
         self._report()
         return self.job
 

@@ -1,14 +1,22 @@
 """The scheduler: which jobs run in this process, and when. The only place that builds a runner.
 
-    submit ──> JOB_STATE_PENDING ──(a slot is free: claim, load the backend)──> JobRunner.run
-    run_here(job): claim, load the backend, run now (`batchpredict run`; no slot, no loop)
+    submit ──> JOB_STATE_PENDING ──(store-wide slot free: claim_next)──> executor + JobRunner.run
+    run_here(job): claim, run now on the configured executor (`batchpredict run`; no slot)
     cancel:    PENDING ──> CANCELLED at once;  RUNNING ──> CANCELLING, the runner ends it CANCELLED
 
-At most `max_running_jobs` runners at once; pending jobs start oldest first. Each pass of the loop
-(on a wake-up: create, cancel, a runner ending; else every `SCAN_SECONDS`) also recovers jobs whose
-runner has died (a crash, a killed server, another replica gone silent for `stale_after_seconds`):
-RUNNING ones resume from their committed chunks, CANCELLING ones finish cancelling. The job store's
-`claim` makes sure one runner holds a job, even with several processes on one store.
+At most `max_running_jobs` scheduler jobs run at once across every server sharing the store: the
+store's `claim_next` counts the held jobs and claims the oldest pending one in one transaction
+(an advisory lock on PostgreSQL, the write lock on SQLite); a project already running
+`max_running_jobs_per_project` jobs here is skipped. Each pass of the loop (on a wake-up: create,
+cancel, a runner ending; else every `SCAN_SECONDS`) first recovers held jobs whose runner has died
+(a crash, a killed server, another replica gone silent for `stale_after_seconds`): RUNNING ones
+resume from their committed chunks, CANCELLING ones finish cancelling. The recovery scan reads
+only held jobs (`list_held`, indexed), never the whole store.
+
+Before a job runs, the data gate rechecks its URIs (time passes in PENDING). Each job gets a fresh
+executor (`executors.make_executor`: local, processes or ray, from the settings; a BigQuery input
+table always runs `local`, in this process, where its client is) and its project's data policy,
+under which every worker reads fileData; the runner starts the workers.
 
 Jobs that run in their command (`Job.runs_in` is COMMAND: `batchpredict run`) are run by that
 command through `run_here`, and resumed when it runs again: the loop leaves them alone.
@@ -25,7 +33,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from batchpredict.backends.base import Backend
+from batchpredict.bigquery import tables
 from batchpredict.config import Settings
 from batchpredict.errors import (
     BatchPredictError,
@@ -34,7 +42,8 @@ from batchpredict.errors import (
     Internal,
     NotFound,
 )
-from batchpredict.jobs import Job, JobState, RunsIn, owner_id, utcnow
+from batchpredict.executors import EXECUTORS, Executor, make_executor
+from batchpredict.jobs import Job, JobState, owner_id, utcnow
 from batchpredict.runner import JobRunner, Progress
 from batchpredict.store.base import JobStore, owner_is_gone
 
@@ -43,15 +52,8 @@ __all__ = ["Scheduler"]
 log = logging.getLogger(__name__)
 S = JobState
 #: Without a wake-up, look this often for work this process was not told about: jobs created by
-#: another replica, runners that died elsewhere. (Each pass reads the whole job list.)
+#: another replica, runners that died elsewhere.
 SCAN_SECONDS = 5.0
-
-
-class _NoBackend(Backend):
-    """Stands in for the model when a runner only has to finish cancelling (no rows to run)."""
-
-    async def generate(self, requests: list[Any]) -> list[Any]:
-        raise Internal("A cancelling job asked for predictions.")
 
 
 class Scheduler:
@@ -60,6 +62,9 @@ class Scheduler:
         self.registry = registry
         self.capacity = max(1, settings.max_running_jobs)
         self.runner_settings = settings.runner_settings()
+        if settings.executor not in EXECUTORS:
+            make_executor(settings.executor)  # raises: names the executors there are
+        self.settings = settings
         self.scan_seconds = max(settings.poll_seconds, SCAN_SECONDS)
         self.owner = owner_id()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -147,56 +152,59 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.scan_seconds)
 
     async def _fill(self) -> None:
-        """Start runners for recoverable and pending jobs while slots are free."""
+        """Resume held jobs whose runner died, then claim pending jobs while slots are free."""
         if self._interrupt.is_set():
             return
-        jobs = await asyncio.to_thread(self.store.list_unfinished)
-        for job in self._candidates(jobs):
-            if job.id in self._tasks:
-                continue
-            # Finishing a cancel is quick and needs no model: it does not wait for a slot.
-            if job.state != S.JOB_STATE_CANCELLING and self._busy() >= self.capacity:
-                break
-            if job.state != S.JOB_STATE_CANCELLING and self._project_full(job.project):
-                continue  # fairness: later jobs of other projects may start
-            self._projects[job.id] = job.project
-            self._tasks[job.id] = asyncio.create_task(
-                self._run_job(job), name=f"batchpredict-job-{job.id}"
-            )
+        held = await asyncio.to_thread(self.store.list_held)
+        for job in self._orphans(held):
+            if job.id not in self._tasks:
+                self._start_task(job, claimed=False)
+        while self._busy() < self.capacity and not self._interrupt.is_set():
+            claimed = await asyncio.to_thread(self.store.claim_next, self.owner, self.capacity,
+                                              self._full_projects())
+            if claimed is None:
+                return
+            self._start_task(claimed, claimed=True)
+
+    def _start_task(self, job: Job, claimed: bool) -> None:
+        self._projects[job.id] = job.project
+        self._tasks[job.id] = asyncio.create_task(
+            self._run_job(job, claimed), name=f"batchpredict-job-{job.id}"
+        )
 
     def _busy(self) -> int:
         return len(self._tasks)
 
-    def _project_full(self, project: str) -> bool:
-        """The project already runs BATCHPREDICT_MAX_RUNNING_JOBS_PER_PROJECT jobs here."""
+    def _full_projects(self) -> list[str]:
+        """Projects already running BATCHPREDICT_MAX_RUNNING_JOBS_PER_PROJECT jobs here."""
         if not self.per_project:
-            return False
-        return sum(p == project for p in self._projects.values()) >= self.per_project
+            return []
+        running = list(self._projects.values())
+        return sorted({p for p in running if running.count(p) >= self.per_project})
 
-    def _candidates(self, jobs: list[Job]) -> list[Job]:
-        """Jobs this process should run, in order: orphaned cancels, orphaned runs (they
-        already hold a slot's worth of progress), then pending jobs, oldest first."""
+    def _orphans(self, held: list[Job]) -> list[Job]:
+        """Held jobs whose runner is gone, to resume here: cancels first (quick, no model;
+        they do not wait for a slot), then runs, oldest first. A resumed job already holds
+        a slot of the store-wide limit."""
         now = utcnow()
         stale = self.runner_settings.stale_after_seconds
-        cancelling, running, pending = [], [], []
-        for job in jobs:  # oldest first
-            if job.runs_in != RunsIn.SCHEDULER or job.state.is_terminal:
-                continue
+        full = set(self._full_projects())
+        cancelling: list[Job] = []
+        running: list[Job] = []
+        for job in held:
             age = now - job.heartbeat if job.heartbeat else None
-            if job.owner not in (None, self.owner) and not owner_is_gone(job.owner, age, stale):
+            if job.owner == self.owner or not owner_is_gone(job.owner, age, stale):
                 continue
             if job.state == S.JOB_STATE_CANCELLING:
                 cancelling.append(job)
-            elif job.state == S.JOB_STATE_RUNNING:
+            elif self._busy() + len(running) < self.capacity and job.project not in full:
                 running.append(job)
-            elif job.state == S.JOB_STATE_PENDING:
-                pending.append(job)
-        return cancelling + running + pending
+        return cancelling + running
 
     # -- one job --------------------------------------------------------------------------
-    async def _run_job(self, job: Job) -> None:
+    async def _run_job(self, job: Job, claimed: bool) -> None:
         try:
-            await self._claim_and_run(job)
+            await self._claim_and_run(job, claimed)
         except FailedPrecondition as exc:
             # Lost a race: cancelled while starting, or another process took it.
             log.info("job %s: %s", job.id, exc.message)
@@ -213,13 +221,15 @@ class Scheduler:
             self._projects.pop(job.id, None)
             self.wake()
 
-    async def _claim_and_run(self, job: Job) -> None:
-        claimed = await asyncio.to_thread(
-            self.store.claim, job.id, self.owner, self.runner_settings.stale_after_seconds
-        )
-        if claimed is None:
-            return
-        final = await self._run_claimed(claimed, None, self._interrupt)
+    async def _claim_and_run(self, job: Job, claimed: bool) -> None:
+        if not claimed:
+            got = await asyncio.to_thread(
+                self.store.claim, job.id, self.owner, self.runner_settings.stale_after_seconds
+            )
+            if got is None:
+                return
+            job = got
+        final = await self._run_claimed(job, None, self._interrupt)
         log.info("job %s ended %s", job.id, final.state.value)
 
     async def run_here(
@@ -250,31 +260,29 @@ class Scheduler:
         interrupt: asyncio.Event,
         on_loading: Callable[[str | None], None] | None = None,
     ) -> Job:
-        """Load the job's backend and run it; a backend that cannot load fails the job."""
-        if job.state == S.JOB_STATE_CANCELLING:
-            backend: Backend = _NoBackend()
-        else:
+        """Run the job on a fresh executor (none for a job that only has to finish
+        cancelling); workers that cannot start fail the job."""
+        executor: Executor | None = None
+        scope = None
+        if job.state != S.JOB_STATE_CANCELLING:
             if self.gate is not None:  # still allowed after its wait in PENDING?
                 refused = await self.gate.recheck_job(job)
                 if refused is not None:
                     return await self._fail(job.id, refused) or job
-            if on_loading is not None:
-                on_loading(job.model)
-            try:
-                backend = await self.registry.backend_for(job.model)
-            except BatchPredictError as exc:
-                return await self._fail(job.id, exc) or job
-            finally:
-                if on_loading is not None:
-                    on_loading(None)
-            if self.gate is not None:  # fileData under the project's data policy
-                backend = self.gate.scoped_backend(backend, job.project)
-        if interrupt.is_set():  # interrupted while the model loaded
-            await asyncio.to_thread(self.store.release, job)
-            return job
-        runner = JobRunner(self.store, job, backend, self.runner_settings,
-                           on_progress=on_progress, interrupt=interrupt)
+                # fileData under the project's data policy, in every worker
+                scope = (self.gate.policy(job.project), self.gate.media)
+            executor = self._executor_for(job)
+        runner = JobRunner(self.store, job, executor, self.registry, self.runner_settings,
+                           on_progress=on_progress, interrupt=interrupt, on_loading=on_loading,
+                           scope=scope)
         return await runner.run()
+
+    def _executor_for(self, job: Job) -> Executor:
+        st = self.settings
+        name = st.executor
+        if any(map(tables.is_table, job.checkpoint.inputs)):
+            name = "local"  # a BigQuery input: read here, by row position, with its client
+        return make_executor(name, st.workers, st.worker_start_seconds, st.ray_address)
 
     async def _fail(self, job_id: int, error: BatchPredictError) -> Job | None:
         def mutate(j: Job) -> None:

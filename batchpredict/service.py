@@ -262,7 +262,7 @@ class JobService:
         if not job.output_dir:
             return job.counts.done
         out = ChunkedOutput(job.output_dir)
-        return await asyncio.to_thread(out.committed_count)
+        return max(job.counts.done, await asyncio.to_thread(out.committed_count))
 
     async def output(self, scope: Scope, job_id: int) -> tuple[Job, OutputReader]:
         """A job and the reader of its output so far (its folder readable by its project)."""

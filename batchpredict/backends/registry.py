@@ -20,6 +20,8 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
     backend = "openai"               # local | openai | gemini | server | python
     description = "vLLM on the GPU box"
     dedupe = true                    # send identical temperature-0 requests of a job once
+    num_gpus = 1                     # per worker of the processes/ray executors (default 0)
+    num_cpus = 1                     # per Ray actor (default 1)
     # backend settings, at the top level of the entry (or in a [models.options] table):
     base_url = "http://127.0.0.1:8000/v1"
     served_model = "meta-llama/Llama-3.1-8B-Instruct"   # default: the job's model, short form
@@ -91,7 +93,7 @@ __all__ = ["BACKEND_KINDS", "BackendKind", "ModelEntry", "ModelRegistry"]  # kin
 EMBEDDED = "smollm2-135m"
 #: The `backend` of an entry made by `ModelRegistry.serving` (not a kind a file may name).
 INSTANCE = "instance"
-_ENTRY_KEYS = {"name", "backend", "description", "dedupe", "options"}
+_ENTRY_KEYS = {"name", "backend", "description", "dedupe", "options", "num_gpus", "num_cpus"}
 
 
 # -- entries ------------------------------------------------------------------------------------
@@ -105,6 +107,9 @@ class ModelEntry:
     dedupe: bool = True
     #: `options` checked by the backend kind: a settings object or a dict of arguments.
     settings: Any = None
+    #: What each worker of this model asks a Ray cluster for (executors/ray_actors.py).
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
 
     def matches(self, model: str) -> bool:
         names = [model, short_name(model)]
@@ -148,7 +153,13 @@ def _entry_from_toml(where: str, item: Any) -> ModelEntry:
     description = item.get("description", "")
     if not isinstance(description, str):
         raise InvalidArgument(f"{where}: description must be a string, got {description!r}.")
-    return ModelEntry(name, backend, options, description, dedupe)
+    resources = {}
+    for key, default in (("num_gpus", 0.0), ("num_cpus", 1.0)):
+        value = item.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise InvalidArgument(f"{where}: {key} must be a number of 0 or more, got {value!r}.")
+        resources[key] = float(value)
+    return ModelEntry(name, backend, options, description, dedupe, **resources)
 
 
 class ModelRegistry:

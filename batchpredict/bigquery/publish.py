@@ -3,9 +3,10 @@
 A job that writes a table still writes its output as chunks, in a staging folder of its project's
 output area ({outputs root}/{project}/bigquery/prediction-model-<time>/, `plan_output`); those
 chunks stay the truth for resume (`output.ChunkedOutput`). `TableOutput` is the runner's
-`ChunkedOutput` for such a job: after each flush the runner hands it the runs it just committed
-and counted (`publish`), and it copies them into the table in row order, one insertAll request at
-a time, each all-or-nothing (no skipInvalidRows). So the table always holds the first N output
+`ChunkedOutput` for such a job: as the committed rows without a gap from row 0 grow, the driver
+(executors/commits.py) hands it those runs and the committed chunks (`publish`), and it copies
+them into the table in row order, one insertAll request at a time, each all-or-nothing (no
+skipInvalidRows). So the table always holds the first N output
 lines, and N = COUNT(*) tells a new runner where publishing stopped, whether or not the server
 honours insertIds (the emulator ignores them). Each row still carries insertId
 "{job id}-{output line}": on BigQuery this also covers a COUNT(*) that does not yet see rows
@@ -39,7 +40,7 @@ from batchpredict.bigquery.tables import (
 )
 from batchpredict.errors import AlreadyExists, InvalidArgument
 from batchpredict.jobs import Job, LineFormat, format_time
-from batchpredict.output import ChunkedOutput, OutputReader, Run, make_output_dir
+from batchpredict.output import Chunk, ChunkedOutput, OutputReader, Run, make_output_dir
 
 __all__ = ["TableOutput", "output_schema", "plan_output"]
 
@@ -122,10 +123,10 @@ class TableOutput(ChunkedOutput):
         #: Output lines already in the table: the first `published` lines of the job's output.
         self.published = 0
 
-    def open(self, gap_free: bool = True) -> None:
+    def open(self, gap_free: bool = True, chunks: list[Chunk] | None = None) -> None:
         """Create the table if it is missing, or take it back when it is this job's (made before
         a crash); then learn how many rows it holds and publish the committed ones it lacks
-        (`catch_up`)."""
+        (`catch_up`; `chunks`: the committed chunks, default every chunk object)."""
         from google.cloud.bigquery import Table
 
         table = existing_table(self.ref)
@@ -144,25 +145,30 @@ class TableOutput(ChunkedOutput):
             raise taken(self.ref)
         self.schema = list(table.schema)
         self.published = count_table(self.ref)
-        self.catch_up(gap_free)
+        self.catch_up(gap_free, chunks)
 
-    def publish(self, runs: list[Run]) -> None:
-        """Runs of output lines the runner just committed (row order), into the table. A run
-        past a gap waits for `assemble`; lines already in the table are skipped."""
+    def publish(self, runs: list[Run], chunks: list[Chunk] | None = None) -> None:
+        """Runs of output lines just committed (row order), into the table. A run past a gap
+        waits for `assemble`; lines already in the table are skipped. `chunks`: every committed
+        chunk (default: every chunk object), published first when the table is opened."""
         if self.schema is None:
-            self.open()  # publishes every committed chunk, these runs among them
+            self.open(chunks=chunks)  # publishes every committed chunk, these runs among them
             return
         for first, lines, _ in runs:
             if first > self.published:
                 return
             self._insert(first, lines[self.published - first:])
 
-    def catch_up(self, gap_free: bool) -> None:
+    def catch_up(self, gap_free: bool, chunks: list[Chunk] | None = None) -> None:
         """Committed output lines not yet in the table, in output order: with `gap_free`, those
-        of the chunks without a gap from row 0 (while the job runs: a new runner drops chunks
-        past a gap, and their rows run again); else every line, past a gap too (the job ends)."""
-        lines = self._gap_free_lines() if gap_free else OutputReader(
-            self.output_dir, self.line_format).lines()
+        of the chunks without a gap from row 0 (while the job runs: chunks past a gap wait for
+        it to fill); else every line, past a gap too (the job ends)."""
+        if gap_free:
+            lines = self._gap_free_lines(chunks)
+        elif chunks is None or storage.exists(self.predictions_uri):
+            lines = OutputReader(self.output_dir, self.line_format).lines()
+        else:
+            lines = (raw for c in chunks for raw in storage.read_bytes(c.uri).splitlines())
         skipped = 0
         batch: list[bytes] = []
         for raw in lines:
@@ -176,24 +182,24 @@ class TableOutput(ChunkedOutput):
         if batch:
             self._insert(self.published, batch)
 
-    def _gap_free_lines(self) -> Iterator[bytes]:
+    def _gap_free_lines(self, chunks: list[Chunk] | None) -> Iterator[bytes]:
         n = 0
-        for chunk in self.chunks():
+        for chunk in self.chunks() if chunks is None else chunks:
             if chunk.first != n:
                 return
             n = chunk.last + 1
             yield from storage.read_bytes(chunk.uri).splitlines()
 
-    def assemble(self) -> str:
+    def assemble(self, chunks: list[Chunk] | None = None) -> str:
         """Publish every committed line, then assemble the chunks (both, even if publishing
         fails: the error is raised after the chunks are assembled)."""
         try:
             if self.schema is None:
-                self.open(gap_free=False)
+                self.open(gap_free=False, chunks=chunks)
             else:
-                self.catch_up(gap_free=False)
+                self.catch_up(gap_free=False, chunks=chunks)
         finally:
-            assembled = super().assemble()
+            assembled = super().assemble(chunks)
         return assembled
 
     def _insert(self, first: int, lines: Iterable[bytes]) -> None:

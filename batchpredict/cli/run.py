@@ -27,6 +27,7 @@ from batchpredict.cli.common import err, fail, local_service
 from batchpredict.cli.progress import ProgressBar, print_summary
 from batchpredict.config import DEFAULT_MODEL, Settings
 from batchpredict.errors import plural
+from batchpredict.executors import EXECUTORS
 from batchpredict.jobs import Face, Job, JobState, LineFormat, RunsIn
 from batchpredict.service import JobRequest, JobService, Scope
 
@@ -62,6 +63,13 @@ def fingerprint(inputs: list[str], output: str, model: str) -> str:
 @click.option("--data-dir", default=None, help="Where the job store lives [~/.batchpredict].")
 @click.option("--chunk-rows", type=int, default=None, help="Export a chunk every N rows.")
 @click.option("--chunk-seconds", type=float, default=None, help="...or every N seconds.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default=None,
+              help="Where the rows run: local (this process), processes, ray [local].")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes or Ray actors, each loading the model once [one per CPU "
+                   "for processes, what the cluster fits for ray].")
+@click.option("--ray-address", default=None,
+              help="Ray cluster (ray://HOST:10001) [a local one started for the job].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(
     inputs: tuple[str, ...],
@@ -74,6 +82,9 @@ def run(
     data_dir: str | None,
     chunk_rows: int | None,
     chunk_seconds: float | None,
+    executor: str | None,
+    workers: int | None,
+    ray_address: str | None,
     quiet: bool,
 ) -> None:
     """Run a batch job on INPUT files (JSONL, paths or wildcards) or one BigQuery table
@@ -82,7 +93,8 @@ def run(
     Running the same command again after a crash or Ctrl-C resumes the same job.
     """
     settings = Settings.from_env(
-        data_dir=data_dir, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds
+        data_dir=data_dir, chunk_rows=chunk_rows, chunk_seconds=chunk_seconds,
+        executor=executor, workers=workers, ray_address=ray_address,
     )
     if output is None and output_file is None:
         fail("Give --output PREFIX (a folder for the job's predictions) or --output-file PATH.")

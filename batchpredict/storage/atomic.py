@@ -24,10 +24,43 @@ __all__ = [
     "write_atomic",
 ]
 
-def write_atomic(uri: str, data: bytes) -> None:
-    """Write a whole object so that readers see the old state or the new one, never half."""
+def write_atomic(uri: str, data: bytes, if_absent: bool = False) -> bool:
+    """Write a whole object so that readers see the old state or the new one, never half.
+
+    With `if_absent`, the first writer wins where the storage can say so: a local file (a hard
+    link, which fails when the name exists) or memory://; False when the object was there.
+    Object stores are written unconditionally (GCS and S3 preconditions are not used yet)."""
+    if if_absent and is_local(uri):
+        return _write_local_if_absent(uri, data)
+    if if_absent and scheme_of(uri) == "memory":
+        fs, path = filesystem(uri)
+        if fs.exists(path):
+            return False
     with open_atomic_writer(uri) as f:
         f.write(data)
+    return True
+
+
+def _write_local_if_absent(uri: str, data: bytes) -> bool:
+    _, path = filesystem(uri)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise translate_error(uri, exc, writing=True) from exc
 
 
 @contextlib.contextmanager

@@ -127,9 +127,11 @@ class JobStore(abc.ABC):
         of jobs, plus any whose runner died)."""
 
     @abc.abstractmethod
-    def claim_next(self, owner: str, limit: int) -> Job | None:
-        """Claim the oldest unclaimed PENDING scheduler job for `owner`, if fewer than `limit`
-        scheduler jobs are held store-wide; None otherwise. One transaction."""
+    def claim_next(self, owner: str, limit: int,
+                   skip_projects: Collection[str] = ()) -> Job | None:
+        """Claim the oldest unclaimed PENDING scheduler job for `owner` (of a project not in
+        `skip_projects`), if fewer than `limit` scheduler jobs are held store-wide; None
+        otherwise. One transaction."""
 
     @abc.abstractmethod
     def delete(self, job_id: int) -> None:

@@ -167,7 +167,8 @@ class SQLJobStore(SQLFileTable, JobStore):
         )
         return [self._load(r) for r in rows]
 
-    def claim_next(self, owner: str, limit: int) -> Job | None:
+    def claim_next(self, owner: str, limit: int,
+                   skip_projects: Collection[str] = ()) -> Job | None:
         with self._transaction() as q:
             self._claim_lock(q)
             (a, _), (b, _) = _HELD
@@ -176,10 +177,12 @@ class SQLJobStore(SQLFileTable, JobStore):
                      _HELD_ARGS)[0][0][0]
             if int(held) >= limit:
                 return None
+            skip = sorted(skip_projects)
+            others = f" AND project NOT IN ({','.join('?' * len(skip))})" if skip else ""
             rows, _ = q(
-                "SELECT id, data FROM jobs WHERE state=? AND runs_in=? AND owner IS NULL "
-                f"ORDER BY id LIMIT 1{self._LOCK_JOB}",
-                (S.JOB_STATE_PENDING.value, RunsIn.SCHEDULER.value),
+                "SELECT id, data FROM jobs WHERE state=? AND runs_in=? AND owner IS NULL"
+                f"{others} ORDER BY id LIMIT 1{self._LOCK_JOB}",
+                (S.JOB_STATE_PENDING.value, RunsIn.SCHEDULER.value, *skip),
             )
             if not rows:
                 return None
