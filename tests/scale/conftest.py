@@ -16,7 +16,6 @@ import pytest
 
 from batchpredict.jobs import Job
 from batchpredict.store.sqlite import SQLiteJobStore
-from tests.doubles.instant import InstantTestDouble
 from tests.conftest import (
     REPO,
     job_service,
@@ -25,6 +24,7 @@ from tests.conftest import (
     text_request,
     write_jsonl,
 )
+from tests.doubles.instant import InstantTestDouble
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from batchpredict.jobs import Job, JobState
-from tests.doubles.instant import InstantTestDouble
 from tests.conftest import read_predictions
+from tests.doubles.instant import InstantTestDouble
 from tests.scale.conftest import (
     assert_every_row_once_in_order,
     kill_one,

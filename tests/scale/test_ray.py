@@ -16,8 +16,8 @@ from batchpredict.config import Settings
 from batchpredict.jobs import Job, JobState, RunsIn
 from batchpredict.scheduler import Scheduler
 from batchpredict.service import JobRequest, JobService, Scope
-from tests.doubles.instant import InstantTestDouble
 from tests.conftest import FAST, read_predictions, text_request, write_jsonl
+from tests.doubles.instant import InstantTestDouble
 from tests.scale.conftest import (
     assert_every_row_once_in_order,
     kill_one,
