@@ -22,11 +22,16 @@ from batchpredict.errors import (
     Unavailable,
 )
 
-__all__ = ["TIMEOUT", "clear_client_cache", "client", "retry", "translate"]
+__all__ = ["ROW_CALLS", "TIMEOUT", "clear_client_cache", "client", "retry", "translate"]
 
 #: One call's limits: seconds per HTTP request, and seconds of retries (transient errors) in all.
 TIMEOUT = 60.0
 RETRY_DEADLINE = 120.0
+
+#: A running job's row traffic with BigQuery goes one call at a time in a process: reading its
+#: input table's ranges, counting it, publishing output rows (one stream each way, as one reader
+#: and one publisher would; bqemulator, which the tests use, answers concurrent calls wrongly).
+ROW_CALLS = threading.RLock()
 
 _clients: dict[tuple[str, str, str], Any] = {}
 _clients_lock = threading.Lock()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchpredict.bigquery.client import TIMEOUT, client, retry, translate
+from batchpredict.bigquery.client import ROW_CALLS, TIMEOUT, client, retry, translate
 from batchpredict.errors import (
     AlreadyExists,
     BatchPredictError,
@@ -312,7 +312,8 @@ def _make_row(index: int, extras: dict[str, Any] | None, value: Any, is_string: 
 
 def count_rows(uri: str) -> int:
     """The exact row count (a COUNT(*) query: it sees the streaming buffer too)."""
-    return count_table(parse_input_uri(uri))
+    with ROW_CALLS:
+        return count_table(parse_input_uri(uri))
 
 
 def count_table(ref: TableRef) -> int:
@@ -327,7 +328,8 @@ def count_table(ref: TableRef) -> int:
 
 def estimate_rows(uri: str) -> int:
     """The table's row count from its metadata (no query; a progress bar's total)."""
-    return check_input_table(uri).num_rows
+    with ROW_CALLS:
+        return check_input_table(uri).num_rows
 
 
 # -- output -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any
 
 from batchpredict import bounded_io, output, storage
+from batchpredict.bigquery.client import ROW_CALLS
 from batchpredict.errors import Internal
 from batchpredict.executors.base import ChunkDone
 from batchpredict.executors.ranges import CommittedRows
@@ -143,5 +144,6 @@ class Commits:
             if chunk.last >= self.published:
                 runs.append((chunk.first, storage.read_bytes(chunk.uri).splitlines(True),
                              RowCounts()))
-        self.out.publish(runs, committed)
+        with ROW_CALLS:  # one BigQuery call at a time (bigquery/client.py)
+            self.out.publish(runs, committed)
         self.published = self.committed.prefix

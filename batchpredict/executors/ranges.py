@@ -32,6 +32,7 @@ from typing import IO
 
 from batchpredict import storage
 from batchpredict.bigquery import tables
+from batchpredict.bigquery.client import ROW_CALLS
 from batchpredict.errors import InvalidArgument
 from batchpredict.formats import LineCodec, codec_for
 from batchpredict.input import Row, file_rows, parse_line, too_long
@@ -274,8 +275,9 @@ def open_range(rng: Range, max_line_bytes: int, line_format: str = "vertex") -> 
     table's range is read whole, by position."""
     if tables.is_table(rng.uri):
         want = rng.last_row - rng.skip + 1
-        rows = tables.iter_rows(rng.uri, rng.skip, page_rows=max(1, min(want, 10_000)))
-        read = list(itertools.islice(rows, want))
+        with ROW_CALLS:  # one call at a time (bigquery/client.py)
+            rows = tables.iter_rows(rng.uri, rng.skip, page_rows=max(1, min(want, 10_000)))
+            read = list(itertools.islice(rows, want))
         if len(read) != want:
             raise _changed(rng, rng.skip - rng.first_row + len(read))
         return iter(read)

@@ -138,7 +138,8 @@ def test_sigkill_mid_job_then_rerun_publishes_every_row_once(
            "--model", "slow-model", "--chunk-rows", "2", "--chunk-seconds", "600", "-q"]
     proc = subprocess.Popen(cmd, env=bq_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while len(staged_chunks(tmp_path / "data")) < 3:
+    # the driver publishes chunks as it commits them, a moment after a worker staged them
+    while len(staged_chunks(tmp_path / "data")) < 5:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline, "no chunks were staged"
         time.sleep(0.02)
@@ -146,7 +147,7 @@ def test_sigkill_mid_job_then_rerun_publishes_every_row_once(
     proc.wait(30)
     table = predictions_table(bq)
     before = len(bq.rows(table))
-    assert 4 <= before < rows  # chunks 1 and 2 were published before chunk 3 was written
+    assert 4 <= before < rows  # chunks 1 and 2 were published before chunk 5 was written
     again = subprocess.run(cmd, env=bq_env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr
     assert "Resuming job 1" in again.stderr
