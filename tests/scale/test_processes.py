@@ -7,8 +7,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from batchpredict.jobs import Job, JobState
-from tests.conftest import read_predictions
+from batchpredict.jobs import Job, JobState, LineFormat, RunsIn
+from batchpredict.service import JobRequest, Scope
+from tests.conftest import job_service, read_predictions, submit_job, text_request, write_jsonl
 from tests.doubles.instant import InstantTestDouble
 from tests.scale.conftest import (
     assert_every_row_once_in_order,
@@ -60,6 +61,42 @@ async def test_cancel_stops_dispatching_and_keeps_every_committed_row(store, tmp
     assert keys == sorted(set(keys)) and len(keys) == done.counts.done
     assert 30 <= done.counts.done < 2000
     assert done.incomplete == 2000 - done.counts.done
+
+
+async def test_partial_failures_are_the_first_failed_rows_in_row_order(store, tmp_path) -> None:
+    """Ranges commit in any order; partialFailures still hold the job's first 20 failed rows,
+    in row order, each named by its output line."""
+    rows: list[object] = [b"not json" if i % 7 == 3 else {"key": i, "request": text_request("hi")}
+                          for i in range(400)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    service = job_service(store, slow_double(0.005), tmp_path, chunk_rows=10,
+                          executor="processes", workers=2)
+    job = await submit_job(service, [str(src)], str(tmp_path / "out"))
+    done = await service.scheduler.run_here(job.id)
+    failed = [i for i in range(400) if i % 7 == 3]
+    assert (done.counts.failed, done.counts.succeeded) == (len(failed), 400 - len(failed))
+    assert [f["message"].split(":")[0] for f in done.partial_failures] == [
+        f"Output line {i + 1}" for i in failed[:20]]
+    assert f"Line 4 of {src} is not valid JSON" in done.partial_failures[0]["message"]
+
+
+async def test_openai_lines_run_on_worker_processes(store, tmp_path: Path) -> None:
+    """The job's line format travels to the workers: OpenAI batch lines in, OpenAI out."""
+    rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]}}
+            for i in range(120)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    service = job_service(store, InstantTestDouble(batch_size=8), tmp_path, chunk_rows=15,
+                          executor="processes", workers=2)
+    job = await service.submit(Scope.local(), JobRequest(
+        "t", "test-double", [str(src)], str(tmp_path / "out"), runs_in=RunsIn.COMMAND,
+        line_format=LineFormat.OPENAI))
+    done = await service.scheduler.run_here(job.id)
+    assert done.state == S.JOB_STATE_SUCCEEDED, done.error
+    lines = read_predictions(tmp_path / "out")
+    assert [line["custom_id"] for line in lines] == [f"r{i}" for i in range(120)]
+    assert {line["response"]["status_code"] for line in lines} == {200}
+    assert lines[0]["response"]["body"]["object"] == "chat.completion"
 
 
 class Unloadable(InstantTestDouble):

@@ -135,6 +135,19 @@ def test_claims_hold_the_running_limit_across_connections(open_store) -> None:
     assert {j.id for j in stores[1].list_held()} == {won[1].id, again.id}
 
 
+def test_a_claim_skips_projects_at_their_cap_here(open_store) -> None:
+    """BATCHPREDICT_MAX_RUNNING_JOBS_PER_PROJECT: the scheduler names the projects it already
+    runs enough jobs of; the oldest pending job of another project is claimed instead."""
+    store = open_store()
+    a1, _, b1 = (store.create(Job(n, "m", ["in"], "out", project=p))
+                  for n, p in (("a1", "a"), ("a2", "a"), ("b1", "b")))
+    first = store.claim_next("host:1", limit=5, skip_projects=["a"])
+    assert first is not None and first.id == b1.id
+    assert store.claim_next("host:1", limit=5, skip_projects=["a", "b"]) is None
+    second = store.claim_next("host:1", limit=5)
+    assert second is not None and second.id == a1.id
+
+
 def test_a_chunk_is_committed_once_and_only_by_the_jobs_owner(open_store) -> None:
     store = open_store()
     [job] = pending_jobs(store, 1)

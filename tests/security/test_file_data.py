@@ -38,12 +38,16 @@ def file_row(key: str, uri: str) -> dict[str, Any]:
         {"text": "quote the file"}, {"fileData": {"fileUri": uri, "mimeType": "text/plain"}}]}]}}
 
 
-@pytest.fixture
-def media_tenants(tmp_path: Path, start_server: Any, double: Any) -> Tenants:
+@pytest.fixture(params=["local", "processes"])
+def media_tenants(request: pytest.FixtureRequest, tmp_path: Path, start_server: Any,
+                  double: Any) -> Tenants:
+    """Two tenants; the rows run in the server's process, or on worker processes (which get
+    the job's project policy from the driver)."""
     models = models_with_echo(tmp_path / "models-with-echo.toml", double[1])
     # the media roots allow the whole tree: the project's policy is what refuses B's files
     return tenants_setup(tmp_path, start_server, models_file=models,
-                         media_roots=str(tmp_path), max_media_bytes=1000)
+                         media_roots=str(tmp_path), max_media_bytes=1000,
+                         executor=request.param, workers=2)
 
 
 def test_file_data_outside_the_project_fails_its_row(media_tenants: Tenants,
