@@ -112,8 +112,9 @@ class DataGate:
         self.media = MediaPolicy.from_settings(settings)
         self.seconds = float(settings.storage_call_seconds)
         API_POOL.resize(int(settings.storage_threads))
-        # a running job reads with up to ~3 threads (rows, estimate, recount)
-        JOB_POOL.resize(4 * int(settings.max_running_jobs) + 8)
+        # a running job's driver plans, counts and commits on a few threads, and its in-process
+        # workers read a range per lane (executors/)
+        JOB_POOL.resize(8 * int(settings.max_running_jobs) + 8)
 
     def policy(self, project: str) -> DataPolicy:
         return self.policies.for_project(project)
