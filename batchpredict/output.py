@@ -282,9 +282,6 @@ class OutputReader:
             return [self.output.predictions_uri]
         return [chunk.uri for chunk in self.output.chunks()]
 
-    def has_output(self) -> bool:
-        return bool(self.files())
-
     def lines(self) -> Iterator[bytes]:
         """Every output line so far, once each, in output order."""
         given = 0
