@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from batchpredict.schema import Content, GenerateContentRequest, GenerationConfig, Part
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUT_TOKENS",
     "DEFAULT_TEMPERATURE",
     "ROLES",
     "Sampling",
@@ -57,6 +58,8 @@ __all__ = [
 
 #: The temperature of a request that sets none (Gemini's default; see the module docstring).
 DEFAULT_TEMPERATURE = 1.0
+#: The embedded engines' output budget when maxOutputTokens is unset.
+DEFAULT_MAX_OUTPUT_TOKENS = 256
 ROLES = {"user": "user", "model": "assistant", None: "user"}
 _MASK63 = (1 << 63) - 1
 

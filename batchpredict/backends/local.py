@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchpredict.backends.base import Backend
 from batchpredict.backends.chat import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
     Sampling,
     candidate_seed,
     find_stop,
@@ -74,7 +75,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "LocalBackend", "prepare_embedded_model"]
 
-DEFAULT_MAX_OUTPUT_TOKENS = 256
 
 
 @dataclass(eq=False)

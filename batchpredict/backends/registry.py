@@ -7,9 +7,10 @@ crosses `/`), compared with the job's model as given, with its short form (the p
 last `/`), and, for a bare name, with `publishers/google/models/NAME` (what Vertex makes of it).
 The first match wins. An unknown model is a 400 that lists what is available.
 
-Without a registry file, the built-in one sends every Gemini name to the embedded model, so an
-unmodified Vertex job runs offline on a fresh machine; the response's `modelVersion` names the
-model that really answered.
+Without a registry file, the built-in one sends every Gemini name to the embedded model on the
+onnx engine (`smollm2-135m`), so an unmodified Vertex job runs offline on a fresh machine; the
+response's `modelVersion` names the model that really answered. `smollm2-135m-transformers` is
+the same model on the transformers reference engine (`local`).
 
 The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
 
@@ -17,7 +18,7 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
 
     [[models]]
     name = "llama-3.1-8b"            # or a glob: "gemini-*", "projects/*/locations/*/models/*"
-    backend = "openai"               # local | openai | gemini | test-double
+    backend = "openai"               # onnx | local | openai | gemini | test-double
     description = "vLLM on the GPU box"
     dedupe = true                    # send identical temperature-0 requests of a job once
     # backend settings, at the top level of the entry (or in a [models.options] table):
@@ -35,8 +36,10 @@ Settings of each backend:
   rpm, tpm, timeout, retries, backoff_initial, backoff_max, jitter, max_retry_after,
   default_max_tokens, headers); openai adds `images` and `max_tokens_field`, gemini adds
   `api_version` (and reads GEMINI_API_KEY unless api_key_env says otherwise).
-- local: the arguments of `LocalBackend` (model_path, batch_size, device, dtype, model_version,
-  threads); test-double: those of `testing.InstantTestDouble`.
+- onnx: the arguments of `OnnxGenaiBackend` (model_path, batch_size, model_version, threads,
+  max_batch_tokens, default_temperature); local: those of `LocalBackend` (model_path,
+  batch_size, device, dtype, model_version, threads, max_batch_tokens, default_temperature);
+  test-double: those of `testing.InstantTestDouble`.
 Every entry is checked when the file loads: an unknown backend, an unknown setting or a value of
 the wrong type is an error naming the file, the entry and the field. API keys are read when a
 job first uses the entry, so `batchpredict models list` works without them.
@@ -121,6 +124,12 @@ def _remote(module: str, cls_name: str, settings_name: str) -> tuple[Any, Any]:
     return validate, create
 
 
+def _onnx(entry: ModelEntry, model: str) -> Backend:
+    from batchpredict.backends.onnx_engine import OnnxGenaiBackend
+
+    return OnnxGenaiBackend(**entry.settings)
+
+
 def _local(entry: ModelEntry, model: str) -> Backend:
     from batchpredict.backends.local import LocalBackend
 
@@ -148,6 +157,9 @@ _gemini = _remote("gemini", "GeminiBackend", "GeminiSettings")
 
 #: `backend = "..."` -> how that backend is checked and built.
 BACKEND_KINDS: dict[str, BackendKind] = {
+    "onnx": BackendKind(
+        _signature_settings("batchpredict.backends.onnx_engine.OnnxGenaiBackend"), _onnx
+    ),
     "local": BackendKind(_signature_settings("batchpredict.backends.local.LocalBackend"), _local),
     "openai": BackendKind(_openai[0], _openai[1], per_model=True),
     "gemini": BackendKind(_gemini[0], _gemini[1], per_model=True),
@@ -183,9 +195,12 @@ class ModelEntry:
 
 
 DEFAULT_ENTRIES = [
-    ModelEntry(EMBEDDED, "local", {}, "SmolLM2-135M-Instruct, embedded, runs offline on CPU/GPU"),
-    ModelEntry("SmolLM2-135M-Instruct", "local", {}, "the embedded model, by its own name"),
-    ModelEntry("gemini-*", "local", {}, "Gemini names answered by the embedded model"),
+    ModelEntry(EMBEDDED, "onnx", {},
+               "SmolLM2-135M-Instruct, embedded: int4 ONNX on onnxruntime-genai, offline, CPU"),
+    ModelEntry(f"{EMBEDDED}-transformers", "local", {},
+               "the same model on the transformers reference engine (CPU/GPU)"),
+    ModelEntry("SmolLM2-135M-Instruct", "onnx", {}, "the embedded model, by its own name"),
+    ModelEntry("gemini-*", "onnx", {}, "Gemini names answered by the embedded model"),
 ]
 
 
