@@ -4,7 +4,8 @@ The model is built once by `batchpredict models pull` (`embedded_model.prepare_o
 the converted HF folder; `model_path` points at any other onnxruntime-genai folder instead. At run
 time only `onnxruntime-genai` is needed (no torch, no transformers); nothing touches the network.
 A missing model is a FAILED_PRECONDITION telling the user to run `batchpredict models pull`.
-On 2 CPU cores it is 4-10x the transformers reference engine (`local.py`; bench/README.md).
+It uses all CPUs but one by default (`threads` in the registry entry; see `_load`), and is several
+times faster than the transformers reference engine (`local.py`; bench/README.md).
 
 Requests are read by `chat.py`, as on every engine: the chat template of the model folder (applied
 by onnxruntime-genai), text parts only (any other part is that row's 400), the same fields
@@ -184,8 +185,11 @@ class OnnxGenaiBackend(Backend):
             genai = json.loads((folder / "genai_config.json").read_text())["model"]
             config = og.Config(str(folder))
             threads = self.threads
-            if threads is None and "OMP_NUM_THREADS" not in os.environ:
-                threads = len(os.sched_getaffinity(0))
+            if threads is None:
+                # All usable CPUs but one, as the transformers engine: onnxruntime's threads spin
+                # while they wait, and on a busy 2-core box 2 threads ran 3-4x slower than 1
+                # (idle, 2 threads were ~1.7x faster: set `threads` on a dedicated machine).
+                threads = max(1, len(os.sched_getaffinity(0)) - 1)
             if threads:
                 options = {"session_options": {"intra_op_num_threads": int(threads)}}
                 config.overlay(json.dumps({"model": {"decoder": options}}))
