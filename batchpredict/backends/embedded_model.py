@@ -35,6 +35,7 @@ __all__ = [
     "EMBEDDED_MODEL_NAME",
     "GGUF_FILENAME",
     "ONNX_BUILD_PACKAGES",
+    "ONNX_SUFFIX",
     "WHEEL_REQUIREMENT",
     "default_cache_dir",
     "find_gguf",

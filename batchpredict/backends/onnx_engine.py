@@ -65,7 +65,12 @@ from batchpredict.backends.chat import (
     response_format,
     text_messages,
 )
-from batchpredict.backends.embedded_model import is_onnx_folder, onnx_model_dir
+from batchpredict.backends.embedded_model import (
+    EMBEDDED_MODEL_NAME,
+    ONNX_SUFFIX,
+    is_onnx_folder,
+    onnx_model_dir,
+)
 from batchpredict.errors import BatchPredictError, Cancelled, FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -132,7 +137,8 @@ class OnnxGenaiBackend(Backend):
         self.default_temperature = float(default_temperature)
         folder = Path(model_path).expanduser() if model_path else onnx_model_dir()
         self.folder = folder
-        self.model_version = model_version or folder.name
+        default_version = folder.name if model_path else EMBEDDED_MODEL_NAME + ONNX_SUFFIX
+        self.model_version = model_version or default_version
         self.model: Any = None
         self.tokenizer: Any = None
         self.load_seconds: float | None = None
