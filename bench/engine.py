@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -274,13 +275,14 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=0, help="filler words added per prompt")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: engine's)")
     ap.add_argument("--job-rows", type=int, default=64, help="rows of the whole job (0: skip)")
+    ap.add_argument("--job-repeat", type=int, default=2, help="runs of the job on each engine")
     ap.add_argument("--model-path", default=None, help="transformers: a local model folder")
     ap.add_argument("--random-weights", action="store_true", help="transformers only")
     ap.add_argument("--hf-generate", action="store_true", help="also time model.generate")
     ap.add_argument("--load", action="store_true", help="also time cold/warm model loads")
     args = ap.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    batches = [int(b) for b in args.batch_sizes.split(",")]
+    batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     lines: list[dict] = []
     meta = {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"}
 
@@ -295,8 +297,8 @@ def main() -> None:
             run_transformers(args, batches, emit, meta)
         else:
             raise SystemExit(f"unknown engine {engine!r}: onnx or transformers")
-    if args.job_rows:
-        for engine in engines:
+    for _ in range(args.job_rows and args.job_repeat):
+        for engine in engines:  # interleaved, so both see the same spells of outside load
             emit(bench_job(engine, args.job_rows))
     if args.load and not args.random_weights and "transformers" in engines:
         for rec in bench_load(args.device):
@@ -368,18 +370,26 @@ def print_tables(lines: list[dict], new_tokens: int, meta: dict) -> None:
             ratio = (f"{fast['tokens_per_s'] / ref['tokens_per_s']:.1f}x "
                      f"({fast['tokens_per_cpu_s'] / ref['tokens_per_cpu_s']:.1f}x)")
         print(f"| {b} | " + " | ".join(cells) + f" | {ratio} |")
-    jobs = {r["engine"]: r for r in lines if r.get("measure") == "job"}
-    if jobs:
-        print("\n| whole job | rows | succeeded | output tokens | wall s | CPU s | tokens/s |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for e, r in jobs.items():
-            print(f"| {REGISTRY_NAMES[e]} | {r['rows']} | {r['succeeded']} | "
-                  f"{r['generated_tokens']} | {r['seconds']} | {r['cpu_seconds']} | "
-                  f"{r['tokens_per_s']} |")
-        if {"onnx", "transformers"} <= set(jobs):
-            wall = jobs["transformers"]["seconds"] / jobs["onnx"]["seconds"]
-            cpu = jobs["transformers"]["cpu_seconds"] / jobs["onnx"]["cpu_seconds"]
-            print(f"\nwhole job: onnx is {wall:.1f}x faster in wall time, {cpu:.1f}x in CPU time")
+    runs: dict[str, list[dict]] = {}
+    for r in lines:
+        if r.get("measure") == "job":
+            runs.setdefault(r["engine"], []).append(r)
+    if runs:
+        print("\n| whole job | rows | succeeded | output tokens | wall s (each run) "
+              "| median wall s | median CPU s |")
+        print("|---|---:|---:|---:|---|---:|---:|")
+        medians = {}
+        for e, rs in runs.items():
+            wall = statistics.median(r["seconds"] for r in rs)
+            cpu = statistics.median(r["cpu_seconds"] for r in rs)
+            medians[e] = (wall, cpu)
+            print(f"| {REGISTRY_NAMES[e]} | {rs[0]['rows']} | {rs[0]['succeeded']} | "
+                  f"{rs[0]['generated_tokens']} | {', '.join(str(r['seconds']) for r in rs)} | "
+                  f"{wall:.1f} | {cpu:.1f} |")
+        if {"onnx", "transformers"} <= set(medians):
+            (tw, tc), (ow, oc) = medians["transformers"], medians["onnx"]
+            print(f"\nwhole job (medians): onnx is {tw / ow:.1f}x faster in wall time, "
+                  f"{tc / oc:.1f}x in CPU time")
     for r in lines:
         if r.get("measure") == "load":
             print(f"\nload {r.get('engine', '')} {r.get('phase', '')}: {r['seconds']} s", end="")

@@ -120,7 +120,7 @@ class OnnxGenaiBackend(Backend):
     def __init__(
         self,
         model_path: str | None = None,
-        batch_size: int = 16,
+        batch_size: int = 32,
         model_version: str | None = None,
         *,
         threads: int | None = None,
