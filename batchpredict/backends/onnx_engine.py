@@ -15,7 +15,7 @@ Decoding. onnxruntime-genai keeps one sampler per generator, whose random draws 
 every sequence in its batch, so its own sampling would make a row's text depend on what shares
 the batch. This engine therefore samples itself: at each step it reads the batch's logits
 (`get_logits`), picks each sequence's token in numpy, and hands the choice back as one-hot logits
-(`set_logits`) to a greedy generator. So:
+(`set_logits`) to a greedy generator (the numpy side is `sampling.py`). So:
 - any rows share a batch (length-sorted, at most `batch_size` sequences and `max_batch_tokens`
   prompt+output tokens, since the KV cache is allocated for the longest row);
 - each candidate has its own random stream (numpy PCG64 seeded by `chat.candidate_seed(seed, i)`,
@@ -71,6 +71,7 @@ from batchpredict.backends.embedded_model import (
     is_onnx_folder,
     onnx_model_dir,
 )
+from batchpredict.backends.sampling import gumbel_scores, logsumexp, penalized, sample
 from batchpredict.errors import BatchPredictError, Cancelled, FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -85,7 +86,6 @@ _ANY_JSON = {"type": ["object", "array"]}
 #: llguidance's layout options: one canonical separator instead of any whitespace (the model
 #: otherwise spends tokens on blank lines).
 _COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-_TOP_P_PREFIX = 256  # tokens examined before sorting the whole vocabulary for a topP nucleus
 
 
 @dataclass(eq=False)
@@ -386,14 +386,14 @@ class OnnxGenaiBackend(Backend):
             logits = gen.get_logits()[0, 0, :]
             scores = logits
             if (seq.presence or seq.frequency) and seq.counts:
-                scores = self._penalized(logits[None, :], [seq])[0]
+                scores = penalized(logits[None, :], [seq])[0]
             if seq.temperature > 0:
-                scores = _gumbel_scores(scores, seq)
+                scores = gumbel_scores(scores, seq)
             if scores is not logits:
                 gen.set_logits(scores.astype(np.float32)[None, None, :])
             gen.generate_next_token()
             tok = int(gen.get_next_tokens()[0])
-            self._advance(seq, tok, float(logits[tok] - _logsumexp(logits[None, :])[0]))
+            self._advance(seq, tok, float(logits[tok] - logsumexp(logits[None, :])[0]))
             if seq.finish is None and gen.is_done():
                 seq.finish, seq.text = "MAX_TOKENS", self._text(seq.tokens)
 
@@ -422,30 +422,19 @@ class OnnxGenaiBackend(Backend):
 
     # ---- sampling ----------------------------------------------------------------------------
 
-    def _penalized(self, logits: np.ndarray, seqs: list[_Seq]) -> np.ndarray:
-        import numpy as np
-
-        scores = logits.copy()
-        for k, seq in enumerate(seqs):
-            if (seq.presence or seq.frequency) and seq.counts:
-                toks = np.fromiter(seq.counts, dtype=np.int64, count=len(seq.counts))
-                counts = np.fromiter(seq.counts.values(), dtype=np.float32, count=len(toks))
-                scores[k, toks] -= seq.presence + seq.frequency * counts
-        return scores
-
     def _pick(self, logits: np.ndarray, seqs: list[_Seq]) -> tuple[np.ndarray, np.ndarray]:
         """Next token per sequence (greedy or sampled) and its raw log-probability."""
         import numpy as np
 
         if any((s.presence or s.frequency) and s.counts for s in seqs):
-            scores = self._penalized(logits, seqs)
+            scores = penalized(logits, seqs)
         else:
             scores = logits
         chosen = scores.argmax(axis=-1)
         for k, seq in enumerate(seqs):
             if seq.temperature > 0:
-                chosen[k] = _sample(scores[k], seq)
-        lps = logits[np.arange(len(seqs)), chosen] - _logsumexp(logits)
+                chosen[k] = sample(scores[k], seq)
+        lps = logits[np.arange(len(seqs)), chosen] - logsumexp(logits)
         return chosen, lps
 
 
@@ -476,83 +465,3 @@ def _closed(schema: Any) -> Any:
     if (is_object or "properties" in out) and "additionalProperties" not in out:
         out["additionalProperties"] = False
     return out
-
-
-def _logsumexp(x: np.ndarray) -> np.ndarray:
-    import numpy as np
-
-    top = x.max(axis=-1)
-    return top + np.log(np.exp(x - top[:, None]).sum(axis=-1))  # type: ignore[no-any-return]
-
-
-def _kept(scores: np.ndarray, seq: _Seq) -> tuple[np.ndarray | None, np.ndarray]:
-    """The tokens that may be sampled (None: all, else indexes in vocabulary order) and their
-    probabilities at the sequence's temperature: topK first, then the topP nucleus of what is
-    left (as transformers does)."""
-    import numpy as np
-
-    x = scores.astype(np.float64) / seq.temperature
-    keep: np.ndarray | None = None
-    if seq.top_k:
-        keep = np.argpartition(x, -seq.top_k)[-seq.top_k:]
-        x = x[keep]
-    probs = np.exp(x - x.max())
-    probs /= probs.sum()
-    if seq.top_p < 1.0:
-        order = _nucleus(probs, seq.top_p)
-        keep = order if keep is None else keep[order]
-        probs = probs[order]
-    if keep is not None:
-        ordered = np.argsort(keep)  # vocabulary order: the draw does not depend on sort details
-        keep, probs = keep[ordered], probs[ordered]
-    return keep, probs
-
-
-def _sample(scores: np.ndarray, seq: _Seq) -> int:
-    """One token by inverse CDF over the kept tokens, with one uniform draw from the sequence's
-    own stream."""
-    import numpy as np
-
-    keep, probs = _kept(scores, seq)
-    cdf = np.cumsum(probs)
-    assert seq.rng is not None
-    at = min(int(np.searchsorted(cdf, seq.rng.random() * cdf[-1], side="right")), len(cdf) - 1)
-    return int(keep[at]) if keep is not None else at
-
-
-def _gumbel_scores(scores: np.ndarray, seq: _Seq) -> np.ndarray:
-    """Scores whose argmax over any allowed subset is a sample from the kept distribution
-    restricted to that subset. Tokens outside topK/topP sit 1e4 below the kept ones rather than
-    at -inf, so that if the schema allows none of the kept tokens the best allowed one wins."""
-    import numpy as np
-
-    keep, probs = _kept(scores, seq)
-    assert seq.rng is not None
-    logp = np.log(np.maximum(probs, 1e-300))
-    noisy = logp - np.log(-np.log(seq.rng.random(len(probs)).clip(1e-300, 1.0)))
-    if keep is None:
-        return noisy  # type: ignore[no-any-return]
-    out = scores.astype(np.float64) / seq.temperature - 1e4
-    out[keep] = noisy + 1e4
-    return out
-
-
-def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """Indexes of the smallest most-probable set whose mass reaches top_p (a token is kept while
-    the mass before it is at most top_p, as transformers does)."""
-    import numpy as np
-
-    def within(order: np.ndarray) -> np.ndarray | None:
-        p = probs[order]
-        before = np.cumsum(p) - p
-        kept = order[before <= top_p]
-        return kept if len(kept) < len(order) else None
-
-    if len(probs) > _TOP_P_PREFIX:  # usually the nucleus is among the most probable few
-        head = np.argpartition(probs, -_TOP_P_PREFIX)[-_TOP_P_PREFIX:]
-        kept = within(head[np.argsort(-probs[head], kind="stable")])
-        if kept is not None:
-            return kept
-    order = np.argsort(-probs, kind="stable")
-    kept = within(order)
-    return kept if kept is not None else order
