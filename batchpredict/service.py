@@ -2,6 +2,7 @@
 
     submit    validate, resolve the model, check inputs and output prefix, store PENDING
     get / list / cancel / delete   (a job's progress is its committed counts: `Job.counts`)
+    resume    a job FAILED by its store, storage or disk back to RUNNING, from its chunks
     output    the one reader of a job's predictions (downloads, failed rows)
     validate_inputs / validate_upload / store_upload / defaults   what a create form needs
 
@@ -26,11 +27,11 @@ from typing import IO, Any
 import orjson
 
 from batchpredict import input as input_files
-from batchpredict import storage, uploads
+from batchpredict import outages, storage, uploads
 from batchpredict.config import DEFAULT_LOCATION, Settings
 from batchpredict.data_gate import DataGate
-from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
-from batchpredict.jobs import Job, RunsIn
+from batchpredict.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from batchpredict.jobs import Job, JobState, RunsIn
 from batchpredict.output import ChunkedOutput, OutputReader
 from batchpredict.scheduler import Scheduler
 from batchpredict.store.base import JobStore
@@ -123,6 +124,7 @@ class JobService:
         #: every storage touch on a project's behalf goes through its data policy
         self.gate = gate if gate is not None else DataGate(settings, restricted=False)
         scheduler.gate = self.gate
+        outages.quiet_client_loggers()  # storage clients' tracebacks never reach the user
 
     @classmethod
     def open(cls, settings: Settings, store: JobStore | None = None, registry: Any = None,
@@ -175,8 +177,21 @@ class JobService:
         return job
 
     async def find_resumable(self, fingerprint: str) -> Job | None:
-        """A command's unfinished job with this fingerprint, to resume."""
+        """A command's unfinished job with this fingerprint, or its resumable FAILED one."""
         return await asyncio.to_thread(self.store.find_by_fingerprint, fingerprint)
+
+    async def resume(self, scope: Scope, job_id: int) -> Job:
+        """Take a job that FAILED because of its job store, storage or disk (`Job.resumable`)
+        back to RUNNING: it runs on from its committed chunks, which are never sent to the model
+        again. A server's scheduler picks it up; a command's job runs where it is resumed."""
+        job = await self.get(scope, job_id)
+        if not job.resumable:
+            raise FailedPrecondition(_not_resumable(job))
+        job = await asyncio.to_thread(self.store.transition, job_id, JobState.JOB_STATE_RUNNING,
+                                      _resumed)
+        if job.runs_in == RunsIn.SCHEDULER:
+            self.scheduler.wake()
+        return job
 
     async def get(self, scope: Scope, job_id: int) -> Job:
         job = await asyncio.to_thread(self.store.get, job_id)
@@ -294,6 +309,22 @@ class JobService:
         )
         self.gate.check_upload_uri(project, uri)
         return uri, report
+
+
+def _resumed(job: Job) -> None:
+    if not (job.error or {}).get("resumable"):  # it was resumed a moment ago
+        raise FailedPrecondition(f"Job {job.id} was resumed already; it is running again.")
+    job.owner = job.heartbeat = job.end_time = job.error = None
+    job.incomplete = 0
+
+
+def _not_resumable(job: Job) -> str:
+    if job.state != JobState.JOB_STATE_FAILED:
+        return (f"Job {job.id} is {job.state.short}; only a job that failed because of its job "
+                "store, storage or disk can be resumed.")
+    why = (job.error or {}).get("message", "")
+    return (f"Job {job.id} failed because of its input, model or limits, not its storage "
+            f"({why}): it would fail the same way again. Fix that and create a new job.")
 
 
 def _filter_hash(filter_text: str | None) -> str:

@@ -1,10 +1,12 @@
 """The BatchPredictionJob resource as Vertex renders it: the one place a `Job` becomes Vertex JSON.
 
 int64 counts are strings and times RFC 3339, as in Vertex's REST API. One field is ours alone,
-`progress` (total, done and token counts): the google-genai SDK ignores it; progress bars and the
-console need it. Every count is of committed rows (their chunk is durably written), so
-`completionStats` and `progress` always agree, follow the job as its chunks commit, and never go
-backwards, whichever process or replica answers.
+`progress` (total, done and token counts, and while the job waits out an outage of its store,
+storage or disk, `waitingFor`, `waitingSince` and `waitingReason`): the google-genai SDK ignores
+it; progress bars and the console need it. A job FAILED by such an outage says so in its `error`
+(`"resumable": true`): `:resume` runs it on from its committed rows. Every count is of committed
+rows (their chunk is durably written), so `completionStats` and `progress` always agree, follow
+the job as its chunks commit, and never go backwards, whichever process or replica answers.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ def job_resource(job: Job) -> dict[str, Any]:
         "candidatesTokenCount": str(job.counts.candidates_tokens),
         "totalTokenCount": str(job.counts.total_tokens),
     }
+    if job.waiting_for:
+        out["progress"].update(waitingFor=job.waiting_for, waitingReason=job.waiting_reason,
+                               waitingSince=format_time(job.waiting_since))
     return out
 
 
@@ -94,6 +99,9 @@ def job_from_resource(data: dict[str, Any]) -> Job:
         incomplete=int(stats.get("incompleteCount") or 0),
         total_rows=int(total) if total else None,
         model_version=data.get("modelVersionId"),
+        waiting_for=progress.get("waitingFor"),
+        waiting_since=parse_time(progress.get("waitingSince")),
+        waiting_reason=progress.get("waitingReason"),
     )
     for key, attr in (("createTime", "create_time"), ("updateTime", "update_time"),
                       ("startTime", "start_time"), ("endTime", "end_time")):
