@@ -162,7 +162,8 @@ class Patience:
         self.interrupt = interrupt
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        #: Between failed attempts of an async call: e.g. a heartbeat that also shows the wait.
+        #: Between failed attempts of an async call, and every `slow_seconds` of a slow one: the
+        #: runner's heartbeat, which also stores what the job waits for.
         self.on_retry: Callable[[], Awaitable[Any]] | None = None
         self._lock = threading.Lock()
         self._outages: dict[str, _Outage] = {}
@@ -244,9 +245,12 @@ class Patience:
         while True:
             since, started = utcnow(), time.monotonic()
             task = asyncio.ensure_future(bounded_io.run_io(fn, *args, pool=pool))
-            done, _ = await asyncio.wait({task}, timeout=self.slow_seconds)
-            if not done and key:
-                self._slow(key, since, started)
+            # A client retrying inside one attempt (gcsfs: ~30 s) still shows, and heartbeats.
+            while not (await asyncio.wait({task}, timeout=self.slow_seconds))[0]:
+                if key:
+                    self._slow(key, since, started)
+                if self.on_retry is not None:
+                    await self.on_retry()
             try:
                 result = await task
             except Outage as exc:

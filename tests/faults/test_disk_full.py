@@ -1,7 +1,7 @@
 """A local output prefix on a disk that fills up mid-job (a real tmpfs, remounted bigger):
 the job waits for space and carries on; past the deadline it fails resumable, and the same
 `batchpredict run` command resumes it in the same folder without sending a committed row
-to the model again."""
+to the model again (as does `batchpredict jobs resume ID`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.conftest import cli_env, read_predictions
 from tests.faults.conftest import (
     CHUNK_ROWS,
     ROWS,
+    Command,
     check_every_row_once,
     check_no_row_twice,
     check_no_traceback,
@@ -31,6 +32,10 @@ def job_json(tmp_path: Path, job_id: int = 1) -> dict:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return orjson.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def first_env(tmp_path: Path, model) -> dict[str, str]:
+    return cli_env(tmp_path / "data", BATCHPREDICT_MODELS_FILE=str(model.registry))
 
 
 def committed_rows(out: Path) -> set[int]:
@@ -61,8 +66,9 @@ def test_a_full_disk_is_waited_out(tmp_path, model, run_command, small_disk) -> 
     assert f"{ROWS} succeeded, 0 failed, 0 incomplete" in cmd.out_text
 
 
-def test_past_the_deadline_the_same_command_resumes(tmp_path, model, run_command,
-                                                    small_disk) -> None:
+@pytest.mark.parametrize("resume_with", ["the same command", "jobs resume"])
+def test_past_the_deadline_the_job_resumes(tmp_path, model, run_command, small_disk,
+                                           resume_with: str) -> None:
     disk = small_disk("32k")
     out = disk.path / "out"
     src = write_input(tmp_path / "in.jsonl")
@@ -80,9 +86,14 @@ def test_past_the_deadline_the_same_command_resumes(tmp_path, model, run_command
     assert not list(out.glob("*/predictions.jsonl"))  # chunks kept for the resume
 
     disk.grow("4m")
-    again = run_command(src, str(out), deadline=60)
-    assert again.finish() == 0, again.stderr
-    assert f"Resuming job 1 ({len(committed)} rows already done)" in again.stderr
+    if resume_with == "jobs resume":
+        again = Command(["jobs", "resume", "1", "-q"], first_env(tmp_path, model))
+        assert again.finish() == 0, again.stderr
+    else:
+        again = run_command(src, str(out), deadline=60)
+        assert again.finish() == 0, again.stderr
+        assert f"Resuming job 1 ({len(committed)} rows already done)" in again.stderr
+    assert f"{ROWS} succeeded, 0 failed, 0 incomplete" in again.out_text
     check_no_traceback(again.stderr, again.out_text)
     assert len(list(out.glob("prediction-model-*"))) == 1  # the same folder, the same job
     check_every_row_once(read_predictions(out))

@@ -1,9 +1,12 @@
 """Server jobs through real faults: PostgreSQL stopped and started under a running job (the API
 answers a clean 503 meanwhile; the job carries on), and a job FAILED by a full disk resumed
-through the REST endpoint `:resume` once there is space again."""
+through the REST endpoint `:resume` (or `batchpredict jobs resume --server`) once there is
+space again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import cli_env
 from tests.faults.conftest import (
     CHUNK_ROWS,
     ROWS,
@@ -71,8 +75,9 @@ def test_postgres_restarted_mid_job(tmp_path, model, start_server, pg_cluster: P
     assert "waiting for the job store" in log and "is back after" in log
 
 
-def test_a_server_job_failed_by_its_disk_resumes_through_rest(tmp_path, model, start_server,
-                                                            small_disk) -> None:
+@pytest.mark.parametrize("through", ["REST", "CLI"])
+def test_a_server_job_failed_by_its_disk_resumes(tmp_path, model, start_server, small_disk,
+                                                 through: str) -> None:
     disk = small_disk("32k")
     server = start_server(BATCHPREDICT_OUTAGE_DEADLINE_SECONDS="1")
     job = server.create(job_body(write_input(tmp_path / "in.jsonl"), disk.path / "out",
@@ -86,9 +91,16 @@ def test_a_server_job_failed_by_its_disk_resumes_through_rest(tmp_path, model, s
 
     resume = f"/batchpredict/v1/{job['name']}:resume"
     disk.grow("4m")
-    reply = server.call("POST", resume, {})
-    assert reply.status == 200, reply
-    assert reply.json["state"] == "JOB_STATE_RUNNING" and "error" not in reply.json
+    if through == "REST":
+        reply = server.call("POST", resume, {})
+        assert reply.status == 200, reply
+        assert reply.json["state"] == "JOB_STATE_RUNNING" and "error" not in reply.json
+    else:
+        done = subprocess.run([sys.executable, "-m", "batchpredict", "jobs", "resume", "1",
+                               "--server", server.url, "--project", "p"], capture_output=True,
+                              text=True, env=cli_env(tmp_path / "cli"), timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "Resumed job 1" in done.stderr
     final = server.wait(job, timeout=90)
     assert final["state"] == "JOB_STATE_SUCCEEDED", final
     check_every_row_once(predictions(final))
