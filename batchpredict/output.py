@@ -234,15 +234,16 @@ class ChunkedOutput:
 
     def assemble(self) -> str:
         """Stream every chunk, in row order, into predictions.jsonl; then remove the chunks.
-        Safe to repeat: a crash before the chunks are gone just assembles again."""
+        Safe to repeat: predictions.jsonl appears whole, from every chunk, before any chunk is
+        removed, so once it exists (a crash or an outage during the clean-up) only the chunks
+        left are removed."""
         chunks = self.chunks()
-        if not chunks and storage.exists(self.predictions_uri):
-            return self.predictions_uri  # assembled before a crash; chunks already removed
-        with storage.open_atomic_writer(self.predictions_uri) as out:
-            for chunk in chunks:
-                with storage.open_read(chunk.uri) as f:
-                    while block := f.read(4 * 1024 * 1024):
-                        out.write(block)
+        if not storage.exists(self.predictions_uri):
+            with storage.open_atomic_writer(self.predictions_uri) as out:
+                for chunk in chunks:
+                    with storage.open_read(chunk.uri) as f:
+                        while block := f.read(4 * 1024 * 1024):
+                            out.write(block)
         # Last chunk first: a crash part-way leaves a gap-free prefix of chunks, so a resumed
         # runner keeps those rows (committed()) instead of dropping everything past a gap.
         for chunk in reversed(chunks):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from batchpredict import bounded_io, output
+from batchpredict import bounded_io, outages, output
 from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.config import RunnerSettings
@@ -39,10 +39,11 @@ from batchpredict.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
+    Outage,
     plural,
 )
 from batchpredict.formats import codec_for
-from batchpredict.input import Row, count_rows, estimate_rows, iter_rows
+from batchpredict.input import Row, estimate_rows, iter_rows, recount_rows
 from batchpredict.jobs import MAX_PARTIAL_FAILURES, Job, JobState, RowCounts, utcnow
 from batchpredict.store.base import JobStore
 
@@ -50,9 +51,6 @@ __all__ = ["JobRunner", "Progress", "StopReason"]
 
 log = logging.getLogger(__name__)
 S = JobState
-#: After a stop, how long the runner may spend reading its input again to count its rows (for
-#: incompleteCount); a stuck or very slow input then gives the estimate instead.
-RECOUNT_SECONDS = 10.0
 
 
 class StopReason(Enum):
@@ -74,6 +72,7 @@ class Progress:
     succeeded: int
     failed: int
     tokens: int
+    waiting: str | None = None  # "waiting for gs://... since 12:03:04" (outages.py)
 
 
 class JobRunner:
@@ -86,14 +85,18 @@ class JobRunner:
         on_progress: Callable[[Progress], None] | None = None,
         interrupt: asyncio.Event | None = None,
     ) -> None:
-        """`job` as claimed by its scheduler: `job.owner` is this runner's identity."""
-        self.store = store
+        """`job` as claimed by its scheduler (`job.owner`); `on_progress` may run in a thread."""
         self.job = job
+        self.interrupt = interrupt or asyncio.Event()
+        #: store, storage and disk outages are waited out, up to the deadline (outages.py)
+        self.patience = outages.Patience(settings.outage_deadline_seconds, self._waiting,
+                                         interrupt=self.interrupt)
+        self.patience.on_retry = lambda: asyncio.to_thread(self.store.save_progress, self.job)
+        self.store: JobStore = outages.PatientStore(store, self.patience)
         self.owner = job.owner
         self.backend = dedupe.for_job(backend)  # identical temperature-0 requests sent once
         self.settings = settings
         self.on_progress = on_progress
-        self.interrupt = interrupt or asyncio.Event()
         self.out: output.ChunkedOutput | None = None
         self.live = RowCounts()  # rows answered, committed or not
         self.read_all = False
@@ -107,17 +110,16 @@ class JobRunner:
         if self.job.state == S.JOB_STATE_CANCELLING:
             return await self._conclude(StopReason.CANCEL)
         try:
-            await bounded_io.run_io(self._start, pool=bounded_io.JOB_POOL)
+            await self.patience.call(self._start)
         except BatchPredictError as exc:
             return await self._fail(exc)
-        if self.job.checkpoint.phase == "assembling":
-            # a runner died after the last chunk: finish as it would have, no row runs again
-            return await self._conclude(StopReason(self.job.checkpoint.stop_reason or "done"))
         try:
-            reason = await self._stream()
-        except BatchPredictError as exc:
-            return await self._fail(exc, keep_rows=True)
-        return await self._conclude(reason)
+            if self.job.checkpoint.phase == "assembling":
+                # a runner died after the last chunk: finish as it would have, no row runs again
+                return await self._conclude(StopReason(self.job.checkpoint.stop_reason or "done"))
+            return await self._conclude(await self._stream())
+        except BatchPredictError as exc:  # an Outage past the deadline: FAILED, resumable
+            return await self._fail(exc, keep_rows=hasattr(self, "buffer"))
 
     def _start(self) -> None:
         """The output folder and where to resume; then RUNNING (blocking: runs in a thread)."""
@@ -172,27 +174,16 @@ class JobRunner:
 
         try:
             total = await bounded_io.run_io(estimate, pool=bounded_io.JOB_POOL)
-        except bounded_io.ReadStopped:
+        except Exception:  # stopped, or storage away: the reader gives the exact count later
             return
         if not self.read_all:
             self.job.total_rows = total
             self._report()
 
     async def _recount(self, fallback: int | None) -> int | None:
-        """The exact row count if the input reads again within RECOUNT_SECONDS, else
-        `fallback` (the estimate): a stuck input must not hang a cancel."""
-
-        def count() -> int:
-            bounded_io.guard_reads(RECOUNT_SECONDS)
-            return count_rows(self.job.checkpoint.inputs, self.settings.max_line_bytes)
-
-        try:
-            return await bounded_io.run_io(count, pool=bounded_io.JOB_POOL,
-                                           timeout=RECOUNT_SECONDS + 1)
-        except (bounded_io.ReadStopped, TimeoutError):
-            log.warning("job %s: its input could not be counted again in %gs; incompleteCount "
-                        "uses the estimate", self.job.id, RECOUNT_SECONDS)
-            return fallback
+        """The exact row count, or `fallback` (the estimate) if the input does not read again
+        in time: a stuck input must not hang a cancel."""
+        return await recount_rows(self.job, self.settings.max_line_bytes, fallback)
 
     async def _watch(self, dispatcher: asyncio.Future[Any]) -> StopReason:
         """Flush chunks as they fill, heartbeat, and notice cancel, time limit and interrupt."""
@@ -238,10 +229,10 @@ class JobRunner:
     # -- rows in --------------------------------------------------------------------------
     async def _dispatch(self) -> None:
         st, backend, buffer = self.settings, self.backend, self.buffer
-        rows = iter_rows(
-            self.job.checkpoint.inputs, self.job.checkpoint.committed_rows, st.max_line_bytes,
-            self.job.line_format,
-        )
+        inputs, fmt = self.job.checkpoint.inputs, self.job.line_format
+        rows = outages.ResumableRows(  # read again from the next row after a storage outage
+            lambda skip: iter_rows(inputs, skip, st.max_line_bytes, fmt),
+            self.job.checkpoint.committed_rows, where=inputs[0] if inputs else "the input")
         batch_size = max(1, backend.batch_size)
         read_batch = max(st.read_batch_rows, batch_size)
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
@@ -250,14 +241,14 @@ class JobRunner:
 
         def read() -> list[Row]:
             bounded_io.guard_reads(stop=self.stop_reading)  # files opened here stop on cancel
-            return [row for _, row in zip(range(read_batch), rows, strict=False)]
+            return rows.read(read_batch)  # type: ignore[no-any-return]
 
         try:
             while True:
                 while next_read - buffer.next_index > st.window_rows:
                     self.progressed.clear()
                     await self.progressed.wait()
-                batch = await bounded_io.run_io(read, pool=bounded_io.JOB_POOL)
+                batch = await self.patience.call(read, resource=rows.where)
                 if not batch:
                     break
                 next_read = batch[-1].index + 1
@@ -280,8 +271,7 @@ class JobRunner:
         finally:
             for task in tasks:
                 task.cancel()
-            with contextlib.suppress(ValueError):  # still running in a reader thread
-                rows.close()
+            rows.close()
 
     async def _generate(self, batch: list[Row], slots: asyncio.Semaphore) -> None:
         try:
@@ -324,10 +314,16 @@ class JobRunner:
     def _report(self) -> None:
         if self.on_progress is not None:
             live = self.live if self.live.done else self.job.counts
+            waiting = self.patience.waiting
             self.on_progress(
                 Progress(live.done, self.job.total_rows, live.succeeded, live.failed,
-                         live.total_tokens)
+                         live.total_tokens, str(waiting) if waiting else None)
             )
+
+    def _waiting(self, waiting: outages.Waiting | None) -> None:
+        """An outage began, changed or ended (any thread): the job and the progress bar say so."""
+        outages.show_waiting(self.job, waiting)
+        self._report()
 
     async def _flush(self, contiguous_only: bool) -> bool:
         """Write buffered rows as chunks and checkpoint them. With `contiguous_only` False, also
@@ -349,20 +345,10 @@ class JobRunner:
         return await asyncio.to_thread(self.store.save_progress, job)
 
     async def _write_chunk(self, first: int, last: int, data: bytes) -> None:
+        """One chunk, written through outages of its storage (or disk) up to the deadline."""
         assert self.out is not None
-        delay = 0.5
-        for attempt in range(5):
-            try:
-                await asyncio.to_thread(self.out.write_chunk, first, last, data)
-                return
-            except BatchPredictError as exc:
-                if attempt == 4:
-                    raise InvalidArgument(
-                        f"Could not write output to {self.job.output_dir}: {exc.message}"
-                    ) from exc
-                log.warning("chunk write failed (%s); retrying in %.1fs", exc.message, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
+        await self.patience.call(self.out.write_chunk, first, last, data,
+                                 resource=self.job.output_dir)
 
     # -- endings --------------------------------------------------------------------------
     async def _conclude(self, reason: StopReason) -> Job:
@@ -391,7 +377,7 @@ class JobRunner:
         job.checkpoint.stop_reason = reason.value
         await asyncio.to_thread(self.store.save_progress, job)
         if self.out is not None:
-            await asyncio.to_thread(self.out.assemble)
+            await self.patience.call(self.out.assemble, resource=job.output_dir)
         if job.total_rows is None and job.checkpoint.inputs:
             job.total_rows = await self._recount(None)
 
@@ -413,9 +399,10 @@ class JobRunner:
                 f"JSON object such as {self.codec.example}."
             )
         if job.counts.succeeded == 0:
+            n = job.counts.failed
             return S.JOB_STATE_FAILED, InvalidArgument(
-                f"{_all_failed(job.counts.failed)}; see the status field of each line in "
-                f"{job.output_dir}/predictions.jsonl."
+                ("The only row failed" if n == 1 else f"All {n} rows failed") + "; see the status "
+                f"field of each line in {job.output_dir}/predictions.jsonl."
             )
         return S.JOB_STATE_SUCCEEDED, None
 
@@ -423,10 +410,15 @@ class JobRunner:
         return max(0, (self.job.total_rows or 0) - self.job.counts.done)
 
     async def _fail(self, exc: BatchPredictError, keep_rows: bool = False) -> Job:
+        """FAILED; by its store, storage or disk (an Outage), resumable: chunks kept unassembled."""
+        if (resumable := isinstance(exc, Outage)) and self.interrupt.is_set():
+            await asyncio.to_thread(self.store.release, self.job)  # Ctrl-C while waiting
+            return self.job
         if keep_rows:
-            with contextlib.suppress(BatchPredictError):
-                await self._flush(contiguous_only=False)
-            if self.out is not None:
+            with contextlib.suppress(BatchPredictError):  # a resumable job's chunks stay gap-free
+                if not resumable or self.buffer.first == self.job.checkpoint.committed_rows:
+                    await self._flush(contiguous_only=resumable)
+            if self.out is not None and not resumable:
                 with contextlib.suppress(BatchPredictError):
                     await asyncio.to_thread(self.out.assemble)
         return await self._end(S.JOB_STATE_FAILED, exc)
@@ -439,12 +431,9 @@ class JobRunner:
             j.counts, j.checkpoint, j.total_rows = job.counts, job.checkpoint, job.total_rows
             j.output_dir, j.incomplete = job.output_dir, incomplete
             j.partial_failures = job.partial_failures
-            j.error = error.to_job_error() if error else None
+            j.error = outages.job_error(error, job.id)  # an Outage: resumable
+            outages.show_waiting(j, None)
 
         self.job = await asyncio.to_thread(self.store.transition, job.id, state, finish)
         self._report()
         return self.job
-
-
-def _all_failed(n: int) -> str:
-    return "The only row failed" if n == 1 else f"All {n} rows failed"

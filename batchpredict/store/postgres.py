@@ -3,10 +3,12 @@ sharing one set of jobs. `BATCHPREDICT_STORE_URL=postgresql://user@host:5432/db`
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
 from batchpredict.errors import Unavailable
+from batchpredict.store.base import store_outage
 from batchpredict.store.files import FILES_SCHEMA
 from batchpredict.store.sql import SQLJobStore
 
@@ -27,6 +29,9 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
 
 
+_CHECK = "Check that the PostgreSQL server is running and reachable from this machine."
+
+
 class PostgresJobStore(SQLJobStore):
     def __init__(self, url: str) -> None:
         try:
@@ -39,19 +44,25 @@ class PostgresJobStore(SQLJobStore):
         self.url = url
         self._lock = threading.Lock()
         self._conn = self._connect()
-        with self._lock, self._conn.cursor() as cur:
-            # two servers starting together must not both create the table
-            cur.execute("SELECT pg_advisory_lock(724171)")
-            cur.execute(_SCHEMA + FILES_SCHEMA)
-            cur.execute("SELECT pg_advisory_unlock(724171)")
+        try:
+            with self._lock, self._conn.cursor() as cur:
+                # two servers starting together must not both create the table
+                cur.execute("SELECT pg_advisory_lock(724171)")
+                cur.execute(_SCHEMA + FILES_SCHEMA)
+                cur.execute("SELECT pg_advisory_unlock(724171)")
+        except psycopg.OperationalError as exc:
+            raise store_outage(self.where, exc, _CHECK) from None
+
+    @property
+    def where(self) -> str:
+        """The store's URL without its password, for messages."""
+        return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", self.url)
 
     def _connect(self) -> Any:
         try:
-            return self._psycopg.connect(self.url, autocommit=True)
+            return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except self._psycopg.OperationalError as exc:
-            raise Unavailable(
-                f"Cannot connect to the job store at {self.url}: {exc}".strip()
-            ) from None
+            raise store_outage(self.where, exc, _CHECK) from None
 
     def close(self) -> None:
         with self._lock:
@@ -66,8 +77,8 @@ class PostgresJobStore(SQLJobStore):
                         cur.execute(sql, args)
                         rows = cur.fetchall() if cur.description else []
                         return rows, cur.rowcount
-                except self._psycopg.OperationalError:
+                except self._psycopg.OperationalError as exc:
                     if attempt == 2:
-                        raise
+                        raise store_outage(self.where, exc, _CHECK) from None
                     self._conn = self._connect()  # the server restarted: once more
         raise AssertionError("unreachable")

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from batchpredict.store.base import store_outage
 from batchpredict.store.files import FILES_SCHEMA
 from batchpredict.store.sql import SQLJobStore
 
@@ -28,18 +29,24 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
 
 
+_CHECK = "Check that its disk has space and that the file and its folder are writable."
+
+
 class SQLiteJobStore(SQLJobStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA + FILES_SCHEMA)
+        try:
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA + FILES_SCHEMA)
+        except sqlite3.OperationalError as exc:
+            raise store_outage(str(self.path), exc, _CHECK) from None
 
     def close(self) -> None:
         with self._lock:
@@ -47,6 +54,9 @@ class SQLiteJobStore(SQLJobStore):
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
         with self._lock:
-            cur = self._db.execute(sql, args)
-            rows = cur.fetchall()
+            try:
+                cur = self._db.execute(sql, args)
+                rows = cur.fetchall()
+            except sqlite3.OperationalError as exc:  # disk I/O error, read-only, locked, full
+                raise store_outage(str(self.path), exc, _CHECK) from None
             return rows, cur.rowcount
