@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchpredict.backends.base import Backend
@@ -21,7 +22,28 @@ from batchpredict.errors import BatchPredictError, Cancelled, InvalidArgument
 if TYPE_CHECKING:
     from batchpredict.schema import GenerateContentRequest
 
-__all__ = ["EmbeddedEngine"]
+__all__ = ["Candidate", "EmbeddedEngine"]
+
+
+@dataclass(eq=False)
+class Candidate:
+    """One candidate being generated: its request's settings and what it has produced so far.
+    Each engine adds what its sampling needs."""
+
+    row: int
+    prompt: list[int]
+    max_new: int
+    temperature: float  # 0 -> greedy
+    top_p: float
+    top_k: int  # 0 -> no cut
+    presence: float
+    frequency: float
+    stops: list[str]
+    tokens: list[int] = field(default_factory=list)
+    logprob_sum: float = 0.0
+    finish: str | None = None
+    text: str | None = None
+    _scanned: int = 0  # text length already searched for stop sequences
 
 
 class EmbeddedEngine(Backend):

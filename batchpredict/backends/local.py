@@ -43,7 +43,7 @@ from __future__ import annotations
 import inspect
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ from batchpredict.backends.chat import (
     text_messages,
 )
 from batchpredict.backends.embedded_model import EMBEDDED_MODEL_NAME, prepare_embedded_model
-from batchpredict.backends.engine import EmbeddedEngine
+from batchpredict.backends.engine import Candidate, EmbeddedEngine
 from batchpredict.errors import (
     BatchPredictError,
     Cancelled,
@@ -75,24 +75,10 @@ __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "LocalBackend", "prepare_embedded_model"
 
 
 @dataclass(eq=False)
-class _Seq:
-    """One candidate being generated."""
+class _Seq(Candidate):
+    """A candidate sampled with its own torch generator (None: greedy)."""
 
-    row: int
-    prompt: list[int]
-    max_new: int
-    temperature: float  # 0 -> greedy
-    top_p: float
-    top_k: int  # 0 -> no cut
-    presence: float
-    frequency: float
-    stops: list[str]
-    generator: torch.Generator | None
-    tokens: list[int] = field(default_factory=list)
-    logprob_sum: float = 0.0
-    finish: str | None = None
-    text: str | None = None
-    _scanned: int = 0  # text length already searched for stop sequences
+    generator: torch.Generator | None = None
 
 
 class LocalBackend(EmbeddedEngine):

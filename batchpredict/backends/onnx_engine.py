@@ -67,7 +67,7 @@ from batchpredict.backends.embedded_model import (
     is_onnx_folder,
     onnx_model_dir,
 )
-from batchpredict.backends.engine import EmbeddedEngine
+from batchpredict.backends.engine import Candidate, EmbeddedEngine
 from batchpredict.backends.sampling import gumbel_scores, logsumexp, penalized, sample
 from batchpredict.errors import BatchPredictError, FailedPrecondition, InvalidArgument
 
@@ -86,27 +86,13 @@ _COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator
 
 
 @dataclass(eq=False)
-class _Seq:
-    """One candidate being generated."""
+class _Seq(Candidate):
+    """A candidate sampled in numpy with its own seeded generator (None: greedy)."""
 
-    row: int
-    prompt: list[int]
-    max_new: int
-    temperature: float  # 0 -> greedy
-    top_p: float
-    top_k: int  # 0 -> no cut
-    presence: float
-    frequency: float
-    stops: list[str]
-    seed: int
+    seed: int = 0
     schema: Any = None  # a JSON Schema: structured output (guided, alone in its batch)
     rng: np.random.Generator | None = None
-    tokens: list[int] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)
-    logprob_sum: float = 0.0
-    finish: str | None = None
-    text: str | None = None
-    _scanned: int = 0
 
 
 class OnnxGenaiBackend(EmbeddedEngine):
