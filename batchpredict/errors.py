@@ -11,6 +11,8 @@
     ├── Cancelled                      499 CANCELLED
     ├── Internal                       500 INTERNAL
     ├── Unavailable                    503 UNAVAILABLE         backend down or overloaded
+    │   └── Outage                     503 UNAVAILABLE         the job store, storage or the disk
+    │                                                          failed in a way that may pass
     └── DeadlineExceeded               504 DEADLINE_EXCEEDED   timeouts
 
 The same error renders three ways: an HTTP reply body (`to_json`), a job's `error` field
@@ -22,6 +24,7 @@ reply body, on one line:
 
 from __future__ import annotations
 
+import functools
 import json
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -35,6 +38,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "Outage",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
@@ -137,6 +141,20 @@ class Unavailable(BatchPredictError):
     code = 503
     status = "UNAVAILABLE"
     grpc_code = 14
+
+
+class Outage(Unavailable):
+    """Infrastructure a job depends on failed in a way that may pass: the job store cannot be
+    reached, a bucket answers 5xx or not at all, the disk is full. `resource` names it (a URI, a
+    folder, the store). A job rides an outage out (`outages.py`) and, past the deadline, fails
+    resumable from its committed rows."""
+
+    def __init__(self, message: str, *, resource: str) -> None:
+        super().__init__(message)
+        self.resource = resource
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole: from a Ray actor to its driver
+        return (functools.partial(type(self), resource=self.resource), (self.message,))
 
 
 class DeadlineExceeded(BatchPredictError):

@@ -19,6 +19,7 @@ exactly the `status` the runner would write for that row. A report names each ba
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -31,8 +32,10 @@ from batchpredict.bigquery import tables
 from batchpredict.config import RunnerSettings
 from batchpredict.errors import BatchPredictError, InvalidArgument, plural
 from batchpredict.formats import LineCodec, codec_for, detect_format
-from batchpredict.jobs import LineFormat
+from batchpredict.jobs import Job, LineFormat
 from batchpredict.schema import GenerateContentRequest, parse_request_json
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "InputReport",
@@ -46,6 +49,7 @@ __all__ = [
     "iter_rows",
     "parse_line",
     "parse_valid_line",
+    "recount_rows",
     "require_rows",
     "too_long",
 ]
@@ -346,3 +350,26 @@ def require_rows(report: InputReport, name: str) -> None:
             f"{name} has no rows. Each line must be one JSON object such as "
             '{"request": {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}}.'
         )
+
+
+#: After a stop, how long a runner may spend reading its input again to count its rows (for
+#: incompleteCount); a stuck or very slow input then gives the estimate instead.
+RECOUNT_SECONDS = 10.0
+
+
+async def recount_rows(job: Job, max_line_bytes: int, fallback: int | None) -> int | None:
+    """A job's exact row count if its input reads again within RECOUNT_SECONDS (on the jobs'
+    bounded threads), else `fallback`."""
+    from batchpredict import bounded_io
+
+    def count() -> int:
+        bounded_io.guard_reads(RECOUNT_SECONDS)
+        return count_rows(job.checkpoint.inputs, max_line_bytes)
+
+    try:
+        return await bounded_io.run_io(count, pool=bounded_io.JOB_POOL,
+                                       timeout=RECOUNT_SECONDS + 1)
+    except (bounded_io.ReadStopped, TimeoutError, BatchPredictError):
+        log.warning("job %s: its input could not be counted again in %gs; incompleteCount "
+                    "uses the estimate", job.id, RECOUNT_SECONDS)
+        return fallback

@@ -34,6 +34,7 @@ __all__ = [
     "format_time",
     "owner_id",
     "parse_time",
+    "transition_allowed",
     "utcnow",
 ]
 
@@ -81,9 +82,19 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     ),
     S.JOB_STATE_CANCELLING: frozenset({S.JOB_STATE_CANCELLED}),
     S.JOB_STATE_SUCCEEDED: frozenset(),
-    S.JOB_STATE_FAILED: frozenset(),
+    # A resume: only for a job that failed because of its store, storage or disk, not its
+    # input (`Job.resumable`; `transition_allowed` checks it).
+    S.JOB_STATE_FAILED: frozenset({S.JOB_STATE_RUNNING}),
     S.JOB_STATE_CANCELLED: frozenset(),
 }
+
+
+def transition_allowed(job: Job, to: JobState) -> bool:
+    """Whether `job` may become `to`: the pair is in ALLOWED_TRANSITIONS, and a FAILED job
+    runs again only when its failure is resumable."""
+    if to not in ALLOWED_TRANSITIONS.get(job.state, frozenset()):
+        return False
+    return job.state != S.JOB_STATE_FAILED or job.resumable
 
 
 #: At most this many progress samples are kept with a job (a few kB in its record) ...
@@ -113,6 +124,8 @@ def owner_id() -> str:
     """Who runs a job: host and pid, so a later process can tell a dead runner from a live one."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
+
+_TIMES = ("create_time", "start_time", "end_time", "update_time", "heartbeat", "waiting_since")
 
 #: Vertex's partialFailures never exceeds 20 entries.
 MAX_PARTIAL_FAILURES = 20
@@ -230,10 +243,29 @@ class Job:
     #: A BigQuery output's table, bq://PROJECT.DATASET.TABLE, named at create; its chunks are
     #: then written to `output_dir`, a staging folder (bigquery/publish.py).
     output_table: str | None = None
+    #: While the job waits out an outage (outages.py): what it waits for (a URI, a folder, the
+    #: job store), since when, and the last error, in one line. None while nothing is away.
+    waiting_for: str | None = None
+    waiting_since: datetime | None = None
+    waiting_reason: str | None = None
 
     @property
     def name(self) -> str:
         return f"projects/{self.project}/locations/{self.location}/batchPredictionJobs/{self.id}"
+
+    @property
+    def waiting_text(self) -> str | None:
+        """'waiting for gs://b/out/... since 12:03:04' (local time) while it waits, else None."""
+        if not self.waiting_for:
+            return None
+        since = f" since {self.waiting_since.astimezone():%H:%M:%S}" if self.waiting_since else ""
+        return f"waiting for {self.waiting_for}{since}"
+
+    @property
+    def resumable(self) -> bool:
+        """FAILED because of its store, storage or disk (its `error` says `resumable`): it can
+        run again from its committed rows."""
+        return self.state == JobState.JOB_STATE_FAILED and bool((self.error or {}).get("resumable"))
 
     def record_progress(self, now: datetime) -> None:
         """Add a sample of the committed counts to `progress_history`, keeping it bounded: the
@@ -267,7 +299,7 @@ class Job:
         rec["state"] = self.state.value
         rec["runs_in"] = self.runs_in.value
         rec["face"], rec["line_format"] = self.face.value, self.line_format.value
-        for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):
+        for key in _TIMES:
             rec[key] = format_time(getattr(self, key))
         return rec
 
@@ -282,7 +314,7 @@ class Job:
         rec["line_format"] = LineFormat(rec.get("line_format") or LineFormat.VERTEX)
         rec["counts"] = RowCounts(**rec["counts"])
         rec["checkpoint"] = Checkpoint(**rec["checkpoint"])
-        for key in ("create_time", "start_time", "end_time", "update_time", "heartbeat"):
+        for key in _TIMES:
             rec[key] = parse_time(rec.get(key))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in rec.items() if k in known})

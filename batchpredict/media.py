@@ -45,6 +45,7 @@ from batchpredict.policy import media_scope
 __all__ = [
     "DEFAULT_MAX_MEDIA_BYTES",
     "MediaPolicy",
+    "check_allowed",
     "check_file_uri",
     "fetch_file_data",
 ]
@@ -193,6 +194,22 @@ def _read_limited(uri: str, max_bytes: int) -> bytes:
     return data
 
 
+def _job_policy() -> MediaPolicy:
+    scope = media_scope()
+    return scope.media if scope is not None else MediaPolicy()
+
+
+def check_allowed(uri: str, policy: MediaPolicy | None = None) -> str:
+    """A fileData URI checked, without reading it, against the media policy (`policy`, else the
+    job's) and the job's project's data policy; its canonical form. What an engine asks first,
+    so a refused URI is reported as refused, whatever else the model could not take."""
+    canonical = check_file_uri(uri, policy if policy is not None else _job_policy())
+    scope = media_scope()
+    if scope is not None:
+        scope.policy.check_file_data(canonical)
+    return canonical
+
+
 async def fetch_file_data(uri: str, mime_type: str | None = None, *,
                           policy: MediaPolicy | None = None) -> bytes:
     """The bytes of a fileData part, if the policy allows its URI and it is not too large.
@@ -201,12 +218,8 @@ async def fetch_file_data(uri: str, mime_type: str | None = None, *,
     Raises InvalidArgument (refused, too large, unreadable), PermissionDenied (the project's data
     policy refuses it) or NotFound (no such object): errors for that row's output line.
     """
-    scope = media_scope()  # a job's backend: its project's data policy applies
-    if policy is None:
-        policy = scope.media if scope is not None else MediaPolicy()
-    canonical = check_file_uri(uri, policy)
-    if scope is not None:
-        scope.policy.check_file_data(canonical)
+    policy = policy if policy is not None else _job_policy()
+    canonical = check_allowed(uri, policy)
     try:
         return await asyncio.to_thread(_read_limited, canonical, policy.max_bytes)
     except BatchPredictError as exc:

@@ -238,21 +238,18 @@ class ChunkedOutput:
 
     def assemble(self, chunks: list[Chunk] | None = None) -> str:
         """Stream `chunks` (the committed ones; default: `written()`), in row order, into
-        predictions.jsonl; then remove every chunk object. Safe to repeat: a crash before the
-        chunks are gone just assembles again (or, once some are gone, only removes the rest)."""
+        predictions.jsonl; then remove every chunk object. Safe to repeat: predictions.jsonl
+        appears whole, from every committed chunk, before any chunk is removed, so once it
+        exists (a crash or an outage during the clean-up) only the chunks left are removed."""
         every = self.chunks()
         chunks = sorted(chunks, key=lambda c: c.first) if chunks is not None else self.written()
-        if storage.exists(self.predictions_uri) and (
-                not every or not {c.uri for c in chunks} <= {c.uri for c in every}):
-            chunks = []  # assembled before a crash; chunks (partly) removed already
-        else:
+        if not storage.exists(self.predictions_uri):
             with storage.open_atomic_writer(self.predictions_uri) as out:
                 for chunk in chunks:
                     with storage.open_read(chunk.uri) as f:
                         while block := f.read(4 * 1024 * 1024):
                             out.write(block)
-        # Last chunk first: a crash part-way leaves a prefix of the chunks (the store's commit
-        # records then say which rows predictions.jsonl already holds).
+        # predictions.jsonl is whole: every chunk object goes (a lost worker's too)
         for chunk in reversed(every):
             storage.remove(chunk.uri)
         storage.remove_empty_dir(self.incremental_dir)
@@ -289,9 +286,6 @@ class OutputReader:
         if storage.exists(self.output.predictions_uri):
             return [self.output.predictions_uri]
         return [chunk.uri for chunk in self.output.written()]
-
-    def has_output(self) -> bool:
-        return bool(self.files())
 
     def lines(self) -> Iterator[bytes]:
         """Every output line so far, once each, in output order."""

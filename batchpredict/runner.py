@@ -12,7 +12,7 @@ executor the job runs on, after the job service checked the job's model, inputs 
 prefix at submit. The lifecycle of `JobRunner.run`:
 
     start    the output folder; the committed chunks, reconciled with the chunk objects on
-             storage (the objects are the truth); RUNNING; the workers start
+             storage (the objects are the truth); the workers start; RUNNING
     stream   ranges of the rows not yet committed go to the workers, chunks come back and are
              committed (and published to a BigQuery output table), until a `StopReason`
     conclude DONE: assemble predictions.jsonl, SUCCEEDED (FAILED when no row succeeded)
@@ -21,8 +21,11 @@ prefix at submit. The lifecycle of `JobRunner.run`:
              (still RUNNING: the next runner resumes it)     LOST: another runner took it over
 
 A job whose runner died while assembling (`checkpoint.phase`) is finished from its assembled
-state the way it was ending (`checkpoint.stop_reason`): no row runs again. Every stop that ends
-the job first writes and commits every answered row; no row is written or counted twice.
+state the way it was ending (`checkpoint.stop_reason`): no row runs again. The driver's store and
+storage calls wait out outages (outages.py: `Patience`), as do its workers; past the deadline the
+job fails resumable, its chunks and commit records kept for the run that resumes it.
+Every stop that ends the job first writes and commits every answered row; no row is written or
+counted twice.
 Memory: each worker holds at most `window_rows` rows; the driver holds the committed intervals
 (a few per range in flight) and no rows. The driver's own reads (planning, counting) run on
 `bounded_io.JOB_POOL` and stop at their next read once the rows stop.
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from batchpredict import bounded_io, output
+from batchpredict import bounded_io, outages, output
 from batchpredict.config import RunnerSettings
 from batchpredict.errors import (
     BatchPredictError,
@@ -49,6 +52,7 @@ from batchpredict.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    Outage,
     plural,
 )
 from batchpredict.executors.base import (
@@ -64,7 +68,7 @@ from batchpredict.executors.base import (
 from batchpredict.executors.commits import Commits
 from batchpredict.executors.ranges import plan_ranges
 from batchpredict.formats import codec_for
-from batchpredict.input import count_rows, estimate_rows
+from batchpredict.input import estimate_rows, recount_rows
 from batchpredict.jobs import Job, JobState, RowCounts, utcnow
 from batchpredict.store.base import JobStore
 
@@ -74,9 +78,6 @@ log = logging.getLogger(__name__)
 S = JobState
 #: After a stop, workers get this long to write their answered rows.
 STOP_GRACE_SECONDS = 30.0
-#: After a stop, how long the runner may spend reading its input again to count its rows (for
-#: incompleteCount); a stuck or very slow input then gives the estimate instead.
-RECOUNT_SECONDS = 10.0
 
 
 class StopReason(Enum):
@@ -98,6 +99,7 @@ class Progress:
     succeeded: int
     failed: int
     tokens: int
+    waiting: str | None = None  # "waiting for gs://... since 12:03:04" (outages.py)
 
 
 class JobRunner:
@@ -113,18 +115,22 @@ class JobRunner:
         on_loading: Callable[[str | None], None] | None = None,
         scope: Any = None,
     ) -> None:
-        """`job` as claimed by its scheduler: `job.owner` is this runner's identity.
+        """`job` as claimed by its scheduler (`job.owner`); `on_progress` may run in a thread.
         `executor` is None only for a job that is CANCELLING (no rows to run). `scope`: the
         (DataPolicy, MediaPolicy) of the job's project, under which workers read fileData."""
-        self.store = store
         self.job = job
+        self.interrupt = interrupt or asyncio.Event()
+        #: store, storage and disk outages are waited out, up to the deadline (outages.py)
+        self.patience = outages.Patience(settings.outage_deadline_seconds, self._waiting,
+                                         interrupt=self.interrupt)
+        self.patience.on_retry = lambda: asyncio.to_thread(self.store.save_progress, self.job)
+        self.store: JobStore = outages.PatientStore(store, self.patience)
         self.owner = job.owner
         self.executor = executor
         self.registry = registry
         self.settings = settings
         self.on_progress = on_progress
         self.on_loading = on_loading
-        self.interrupt = interrupt or asyncio.Event()
         self.scope = scope
         self.codec = codec_for(job.line_format)  # the job's input and output lines
         self.out: output.ChunkedOutput | None = None
@@ -138,32 +144,31 @@ class JobRunner:
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> Job:
         """Run the job to its end (or to an interrupt) and return it as stored."""
-        if self.job.state == S.JOB_STATE_CANCELLING or self.executor is None:
-            return await self._conclude(StopReason.CANCEL)
+        executor = self.executor
         try:
-            await bounded_io.run_io(self._start, pool=bounded_io.JOB_POOL)
-            if self.job.checkpoint.phase == "assembling":
-                # a runner died after the last chunk: finish as it would have, no row runs again
-                await self.executor.close()
-                return await self._conclude(StopReason(self.job.checkpoint.stop_reason or "done"))
-            workers = await self._start_workers(self.executor)
-        except BatchPredictError as exc:
-            await self.executor.close()
+            if self.job.state == S.JOB_STATE_CANCELLING or executor is None:
+                return await self._conclude(StopReason.CANCEL)
+            try:
+                await self.patience.call(self._start)
+                if self.job.checkpoint.phase == "assembling":
+                    # a runner died after the last chunk: finish as it was ending, no row runs
+                    await self.patience.call(self._running)
+                    return await self._conclude(
+                        StopReason(self.job.checkpoint.stop_reason or "done"))
+                workers = await self._start_workers(executor)
+                if workers is None:  # interrupted while the workers started
+                    await asyncio.to_thread(self.store.release, self.job)
+                    return self.job
+                await self.patience.call(self._running)  # RUNNING once the model is loaded
+                reason = await self._stream(workers)
+            finally:
+                await executor.close()
+            return await self._conclude(reason)
+        except BatchPredictError as exc:  # a worker's error, or an Outage past the deadline
             return await self._fail(exc, keep_rows=self.out is not None)
-        if workers is None:  # interrupted while the workers started
-            await self.executor.close()
-            await asyncio.to_thread(self.store.release, self.job)
-            return self.job
-        try:
-            reason = await self._stream(workers)
-        except BatchPredictError as exc:
-            return await self._fail(exc, keep_rows=True)
-        finally:
-            await self.executor.close()
-        return await self._conclude(reason)
 
     def _start(self) -> None:
-        """The output folder and the committed chunks; then RUNNING (blocking: a thread)."""
+        """The output folder and the committed chunks (blocking: a thread)."""
         job = self.job
         if not job.output_dir:
             job.output_dir = output.make_output_dir(job.output_prefix)
@@ -171,6 +176,10 @@ class JobRunner:
         self.commits = Commits(self.store, self.out, self.codec)
         if job.checkpoint.phase != "assembling":  # (assembling: the chunks may be gone)
             self.commits.reconcile(job)
+
+    def _running(self) -> None:
+        """The job RUNNING, with what `_start` found (blocking: a thread)."""
+        job = self.job
 
         def start(j: Job) -> None:
             j.checkpoint, j.counts, j.output_dir = job.checkpoint, job.counts, job.output_dir
@@ -184,6 +193,7 @@ class JobRunner:
         assert job.output_dir is not None
         spec = WorkerSpec(job.id, job.model, job.output_dir, self.settings,
                           line_format=job.line_format, scope=self.scope)
+        executor.on_waiting = self._waiting  # in-process workers show their waits on the job
         if self.on_loading is not None:
             self.on_loading(job.model)
         beat = asyncio.ensure_future(self._heartbeat_while_starting())
@@ -207,7 +217,9 @@ class JobRunner:
         assert commits is not None
         plan = plan_ranges(self.job.checkpoint.inputs, st.chunk_rows, commits.committed.intervals,
                            st.max_line_bytes)
-        self.source = RangeSource(plan, self.stop_reading)
+        self.source = RangeSource(plan, self.stop_reading, self.patience, lambda done: plan_ranges(
+            self.job.checkpoint.inputs, st.chunk_rows, done, st.max_line_bytes),
+            commits.committed.intervals)
         dispatch = Dispatch(workers, self.source, self._on_report)
         self.live = RowCounts()
         self.live.add(self.job.counts)
@@ -238,27 +250,16 @@ class JobRunner:
 
         try:
             total = await bounded_io.run_io(estimate, pool=bounded_io.JOB_POOL)
-        except bounded_io.ReadStopped:
+        except Exception:  # stopped, or storage away: planning gives the exact count later
             return
         if self.source is not None and self.source.total is None:
             self.job.total_rows = total
             self._report()
 
     async def _recount(self, fallback: int | None) -> int | None:
-        """The exact row count if the input reads again within RECOUNT_SECONDS, else
-        `fallback` (the estimate): a stuck input must not hang a cancel."""
-
-        def count() -> int:
-            bounded_io.guard_reads(RECOUNT_SECONDS)
-            return count_rows(self.job.checkpoint.inputs, self.settings.max_line_bytes)
-
-        try:
-            return await bounded_io.run_io(count, pool=bounded_io.JOB_POOL,
-                                           timeout=RECOUNT_SECONDS + 1)
-        except (bounded_io.ReadStopped, TimeoutError):
-            log.warning("job %s: its input could not be counted again in %gs; incompleteCount "
-                        "uses the estimate", self.job.id, RECOUNT_SECONDS)
-            return fallback
+        """The exact row count, or `fallback` (the estimate) if the input does not read again
+        in time: a stuck input must not hang a cancel."""
+        return await recount_rows(self.job, self.settings.max_line_bytes, fallback)
 
     async def _watch(self, execution: asyncio.Future[Any]) -> StopReason:
         """Commit chunks as they come, heartbeat, and notice cancel, time limit, interrupt."""
@@ -310,8 +311,14 @@ class JobRunner:
             live = self.live if self.live.done else self.job.counts
             total = self.job.total_rows
             done = min(live.done, total) if total else live.done
+            waiting = self.patience.waiting
             self.on_progress(Progress(done, total, live.succeeded, live.failed,
-                                      live.total_tokens))
+                                      live.total_tokens, str(waiting) if waiting else None))
+
+    def _waiting(self, waiting: outages.Waiting | None) -> None:
+        """An outage began, changed or ended (any thread): the job and the progress bar say so."""
+        outages.show_waiting(self.job, waiting)
+        self._report()
 
     # -- endings --------------------------------------------------------------------------
     async def _conclude(self, reason: StopReason) -> Job:
@@ -349,7 +356,7 @@ class JobRunner:
         if out is not None:
             chunks = [output.Chunk(c.first, c.last, out.chunk_uri(c.first, c.last))
                       for c in await asyncio.to_thread(self.store.chunks, job.id)]
-            await bounded_io.run_io(out.assemble, chunks, pool=bounded_io.JOB_POOL)
+            await self.patience.call(out.assemble, chunks, resource=job.output_dir)
 
     def _verdict(self, reason: StopReason) -> tuple[JobState, BatchPredictError | None]:
         """The final state and error of a job whose rows stopped for `reason`."""
@@ -384,12 +391,18 @@ class JobRunner:
         return max(0, (self.job.total_rows or 0) - self.job.counts.done)
 
     async def _fail(self, exc: BatchPredictError, keep_rows: bool = False) -> Job:
+        """FAILED; by its store, storage or disk (an Outage), resumable: its chunks and their
+        commit records are kept, unassembled, for the run that resumes it."""
+        if (resumable := isinstance(exc, Outage)) and self.interrupt.is_set():
+            await asyncio.to_thread(self.store.release, self.job)  # Ctrl-C while waiting
+            return self.job
         if keep_rows:
             if self.commits is not None:
                 with contextlib.suppress(BatchPredictError):
                     await self.commits.commit_pending(self.job)
-            with contextlib.suppress(BatchPredictError):
-                await self._assemble_chunks()
+            if not resumable:
+                with contextlib.suppress(BatchPredictError):
+                    await self._assemble_chunks()
         return await self._end(S.JOB_STATE_FAILED, exc)
 
     async def _end(self, state: JobState, error: BatchPredictError | None) -> Job:
@@ -400,7 +413,8 @@ class JobRunner:
             j.counts, j.checkpoint, j.total_rows = job.counts, job.checkpoint, job.total_rows
             j.output_dir, j.incomplete = job.output_dir, incomplete
             j.partial_failures = job.partial_failures
-            j.error = error.to_job_error() if error else None
+            j.error = outages.job_error(error, job.id)  # an Outage: resumable
+            outages.show_waiting(j, None)
 
         try:
             self.job = await asyncio.to_thread(self.store.transition, job.id, state, finish)
@@ -413,8 +427,9 @@ class JobRunner:
             self.job = await asyncio.to_thread(
                 self.store.transition, job.id, S.JOB_STATE_CANCELLED, finish
             )
-        # the committed chunks are in predictions.jsonl now: their records are not needed
-        await asyncio.to_thread(self.store.forget_chunks, job.id)
+        if not isinstance(error, Outage):  # (resumable: its chunks are still the output)
+            # the committed chunks are in predictions.jsonl now: their records are not needed
+            await asyncio.to_thread(self.store.forget_chunks, job.id)
         self._report()
         return self.job
 

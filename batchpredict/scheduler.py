@@ -41,6 +41,7 @@ from batchpredict.errors import (
     FailedPrecondition,
     Internal,
     NotFound,
+    Outage,
 )
 from batchpredict.executors import EXECUTORS, Executor, make_executor
 from batchpredict.jobs import Job, JobState, owner_id, utcnow
@@ -146,6 +147,9 @@ class Scheduler:
             self._wake.clear()
             try:
                 await self._fill()
+            except BatchPredictError as exc:  # the store away: one line, no traceback
+                log.warning("scheduler pass failed (%s); retrying in %.1fs", exc.message,
+                            self.scan_seconds)
             except Exception:
                 log.exception("scheduler pass failed; retrying in %.1fs", self.scan_seconds)
             with contextlib.suppress(TimeoutError):
@@ -210,6 +214,8 @@ class Scheduler:
             log.info("job %s: %s", job.id, exc.message)
         except NotFound:
             log.info("job %s was deleted before it ran", job.id)
+        except Outage as exc:  # the store away past the deadline: left for recovery
+            log.warning("job %s: %s", job.id, exc.message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -292,7 +298,7 @@ class Scheduler:
             return await asyncio.to_thread(
                 self.store.transition, job_id, S.JOB_STATE_FAILED, mutate
             )
-        except (FailedPrecondition, NotFound) as exc:
+        except BatchPredictError as exc:  # gone, moved on, or the store away (then recovered)
             log.warning("job %s could not be marked FAILED (%s): %s", job_id, exc.message,
                         error.message)
             return None

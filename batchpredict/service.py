@@ -2,6 +2,7 @@
 
     submit    validate, resolve the model, check inputs and output prefix, store PENDING
     get / list / cancel / delete   (a job's progress is its committed counts: `Job.counts`)
+    resume    a job FAILED by its store, storage or disk back to RUNNING, from its chunks
     output    the one reader of a job's predictions (downloads, failed rows)
     validate_inputs / validate_upload / store_upload / defaults   what a create form needs
     files     the file store (uploads.FileStore): uploads and job output files, per project
@@ -26,13 +27,13 @@ from typing import IO, Any
 
 import orjson
 
-from batchpredict import bigquery, storage, uploads
+from batchpredict import bigquery, outages, storage, uploads
 from batchpredict import input as input_files
 from batchpredict.bigquery.publish import plan_output
 from batchpredict.config import DEFAULT_LOCATION, Settings
 from batchpredict.data_gate import DataGate
-from batchpredict.errors import InvalidArgument, NotFound, PermissionDenied
-from batchpredict.jobs import Face, Job, LineFormat, RunsIn
+from batchpredict.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from batchpredict.jobs import Face, Job, JobState, LineFormat, RunsIn
 from batchpredict.output import ChunkedOutput, OutputReader
 from batchpredict.policy import area_name
 from batchpredict.scheduler import Scheduler
@@ -136,6 +137,7 @@ class JobService:
         self.files = uploads.FileStore(
             store if isinstance(store, SQLFileTable) else None, settings
         )
+        outages.quiet_client_loggers()  # storage clients' tracebacks never reach the user
 
     @classmethod
     def open(cls, settings: Settings, store: JobStore | None = None, registry: Any = None,
@@ -194,8 +196,21 @@ class JobService:
         return job
 
     async def find_resumable(self, fingerprint: str) -> Job | None:
-        """A command's unfinished job with this fingerprint, to resume."""
+        """A command's unfinished job with this fingerprint, or its resumable FAILED one."""
         return await asyncio.to_thread(self.store.find_by_fingerprint, fingerprint)
+
+    async def resume(self, scope: Scope, job_id: int) -> Job:
+        """Take a job that FAILED because of its job store, storage or disk (`Job.resumable`)
+        back to RUNNING: it runs on from its committed chunks, which are never sent to the model
+        again. A server's scheduler picks it up; a command's job runs where it is resumed."""
+        job = await self.get(scope, job_id)
+        if not job.resumable:
+            raise FailedPrecondition(_not_resumable(job))
+        job = await asyncio.to_thread(self.store.transition, job_id, JobState.JOB_STATE_RUNNING,
+                                      _resumed)
+        if job.runs_in == RunsIn.SCHEDULER:
+            self.scheduler.wake()
+        return job
 
     async def get(self, scope: Scope, job_id: int) -> Job:
         job = await asyncio.to_thread(self.store.get, job_id)
@@ -329,6 +344,22 @@ class JobService:
         stored = await self.files.upload(Scope(scope.caller), src, file_name, "batch")
         self.gate.check_upload_uri(scope.caller.default_project, stored.uri)
         return stored.uri, report
+
+
+def _resumed(job: Job) -> None:
+    if not (job.error or {}).get("resumable"):  # it was resumed a moment ago
+        raise FailedPrecondition(f"Job {job.id} was resumed already; it is running again.")
+    job.owner = job.heartbeat = job.end_time = job.error = None
+    job.incomplete = 0
+
+
+def _not_resumable(job: Job) -> str:
+    if job.state != JobState.JOB_STATE_FAILED:
+        return (f"Job {job.id} is {job.state.short}; only a job that failed because of its job "
+                "store, storage or disk can be resumed.")
+    why = (job.error or {}).get("message", "")
+    return (f"Job {job.id} failed because of its input, model or limits, not its storage "
+            f"({why}): it would fail the same way again. Fix that and create a new job.")
 
 
 def _filter_hash(filter_text: str | None) -> str:

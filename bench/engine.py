@@ -1,17 +1,23 @@
-"""Throughput of the local engine (LocalBackend) by batch size.
+"""Throughput of the embedded engines: the default (onnx: int4 on onnxruntime-genai) against the
+transformers reference (local), on the same prompts.
 
-Every measurement sends the same fixed prompt set through `LocalBackend.generate` in calls of
-`batch_size` rows (as the runner does), each row greedy with a fixed output length
-(`--new-tokens`, end-of-turn ignored), and prints one JSON line. At the end a markdown table goes to
-stdout. `--hf-generate` adds the same batches through `model.generate` for comparison, and
-`--load` measures the model's cold (GGUF conversion) and warm (cached folder) load times.
+Two measures, each printed as JSON lines, then a markdown table:
+- engine tokens/s by batch size: the same fixed prompt set through `backend.generate` in calls
+  of `batch_size` rows (as the runner does), each row greedy with a fixed output length
+  (`--new-tokens`, end-of-turn never chosen);
+- a whole job: `batchpredict run` of the same `--job-rows` rows (sampled, seeded, ending where the
+  model ends them, up to 128 tokens) on `smollm2-135m` and on `smollm2-135m-transformers`, timed
+  from the command's start to its exit (process start and model load included).
 
-    python bench/engine.py                                  # embedded model, CPU
-    python bench/engine.py --device cuda --random-weights --batch-sizes 1,64,256,512
+    python bench/engine.py                                   # both engines, CPU
+    python bench/engine.py --engines transformers --device cuda --random-weights \
+        --batch-sizes 1,64,256,512 --job-rows 0
 
-`--random-weights` builds the SmolLM2-135M architecture with random weights and a synthetic
-word-level tokenizer (throughput does not depend on weight values), so it runs where the GGUF
-and the converted folder are absent, e.g. on a GPU machine without network.
+`--random-weights` (transformers only) builds the SmolLM2-135M architecture with random weights and
+a synthetic word-level tokenizer (throughput does not depend on weight values), so it runs where
+the GGUF and the converted folder are absent, e.g. on a GPU machine without network.
+`--hf-generate` adds the same batches through `model.generate`; `--load` times the transformers
+engine's cold (GGUF conversion) and warm loads.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +35,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from batchpredict.backends.local import LocalBackend
+from batchpredict.backends.onnx_engine import OnnxGenaiBackend
 from batchpredict.schema import parse_request
+
+REPO = Path(__file__).resolve().parents[1]
+REGISTRY_NAMES = {"onnx": "smollm2-135m", "transformers": "smollm2-135m-transformers"}
 
 PROMPTS = [
     "What is the capital of France?",
@@ -114,21 +125,32 @@ def requests(rows: int, new_tokens: int, extra_words: int = 0) -> list:
     ]
 
 
+class FixedLengthOnnx(OnnxGenaiBackend):
+    """The onnx engine never choosing end-of-turn, so every row makes `--new-tokens` tokens."""
+
+    def _pick(self, logits, seqs):  # type: ignore[no-untyped-def]
+        logits = logits.copy()
+        logits[:, sorted(self._eos)] = -1e9
+        return super()._pick(logits, seqs)
+
+
 async def bench_backend(
-    backend: LocalBackend, batch: int, rows: int, new_tokens: int, extra_words: int = 0
+    backend, batch: int, rows: int, new_tokens: int, extra_words: int = 0, engine: str = "local"
 ) -> dict:
     backend.batch_size = batch
     reqs = requests(rows, new_tokens, extra_words)
     await backend.generate(reqs[: min(batch, 2)])  # warm-up (allocator, kernels)
-    t0 = time.perf_counter()
+    cpu0 = time.process_time()  # every thread of this process: steadier than wall time when
+    t0 = time.perf_counter()  # other work shares the machine
     results = []
     for i in range(0, rows, batch):
         results += await backend.generate(reqs[i : i + batch])
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     usage = [r["usageMetadata"] for r in results]
     generated = sum(u["candidatesTokenCount"] for u in usage)
     return {
-        "engine": "local",
+        "engine": engine,
         "batch_size": batch,
         "rows": rows,
         "prompt_tokens": sum(u["promptTokenCount"] for u in usage),
@@ -136,6 +158,8 @@ async def bench_backend(
         "seconds": round(seconds, 3),
         "tokens_per_s": round(generated / seconds, 1),
         "rows_per_s": round(rows / seconds, 2),
+        "cpu_seconds": round(cpu, 3),
+        "tokens_per_cpu_s": round(generated / cpu, 1),
     }
 
 
@@ -197,29 +221,104 @@ def bench_load(device: str) -> list[dict]:
     return out
 
 
+def job_rows(rows: int) -> list[dict]:
+    """A job's input lines: the fixed prompts, sampled (seeded), up to 128 tokens each."""
+    return [
+        {"key": i, "request": {
+            "contents": [{"role": "user", "parts": [{"text": prompt(i)}]}],
+            "generationConfig": {"temperature": 0.7, "topP": 0.9, "seed": i,
+                                 "maxOutputTokens": 128}}}
+        for i in range(rows)
+    ]  # fmt: skip
+
+
+def bench_job(engine: str, rows: int) -> dict:
+    """`batchpredict run` of `rows` rows on the engine's registry name, in a fresh process."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inp = Path(tmp) / "in.jsonl"
+        inp.write_text("".join(json.dumps(r) + "\n" for r in job_rows(rows)))
+        env = {k: v for k, v in os.environ.items() if k != "BATCHPREDICT_MODELS_FILE"}
+        env.update(BATCHPREDICT_DATA_DIR=str(Path(tmp) / "data"), HF_HUB_OFFLINE="1",
+                   PYTHONPATH=str(REPO))
+        cmd = [sys.executable, "-m", "batchpredict", "run", str(inp), "--output",
+               str(Path(tmp) / "out"), "--model", REGISTRY_NAMES[engine], "-q"]
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        seconds = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        if done.returncode != 0:
+            raise SystemExit(f"{engine} job failed:\n{done.stderr}")
+        [out] = (Path(tmp) / "out").glob("prediction-model-*/predictions.jsonl")
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+    generated = sum(line["response"]["usageMetadata"]["candidatesTokenCount"]
+                    for line in lines if not line["status"])
+    return {"measure": "job", "engine": engine, "rows": rows,
+            "succeeded": sum(not line["status"] for line in lines),
+            "generated_tokens": generated, "seconds": round(seconds, 2),
+            "tokens_per_s": round(generated / seconds, 1), "cpu_seconds": round(cpu, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    ap.add_argument("--batch-sizes", default="1,8,16,32")
+    ap.add_argument("--engines", default="onnx,transformers", help="onnx, transformers or both")
+    ap.add_argument("--device", default="auto", help="transformers: auto | cpu | cuda | cuda:N")
+    ap.add_argument("--dtype", default="auto", help="transformers: auto | float32 | bfloat16")
+    ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--rows", type=int, default=0, help="rows per measurement (0: max(8, batch))")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=0, help="filler words added per prompt")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: backend's)")
-    ap.add_argument("--model-path", default=None, help="a local transformers folder")
-    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: engine's)")
+    ap.add_argument("--job-rows", type=int, default=64, help="rows of the whole job (0: skip)")
+    ap.add_argument("--job-repeat", type=int, default=2, help="runs of the job on each engine")
+    ap.add_argument("--model-path", default=None, help="transformers: a local model folder")
+    ap.add_argument("--random-weights", action="store_true", help="transformers only")
     ap.add_argument("--hf-generate", action="store_true", help="also time model.generate")
     ap.add_argument("--load", action="store_true", help="also time cold/warm model loads")
     args = ap.parse_args()
-
-    import torch
-
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     lines: list[dict] = []
+    meta = {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"}
 
     def emit(rec: dict) -> None:
-        rec.update(device=meta["device"], dtype=meta["dtype"], weights=meta["weights"])
         lines.append(rec)
         print(json.dumps(rec), flush=True)
+
+    for engine in engines:
+        if engine == "onnx":
+            run_onnx(args, batches, emit)
+        elif engine == "transformers":
+            run_transformers(args, batches, emit, meta)
+        else:
+            raise SystemExit(f"unknown engine {engine!r}: onnx or transformers")
+    for _ in range(args.job_rows and args.job_repeat):
+        for engine in engines:  # interleaved, so both see the same spells of outside load
+            emit(bench_job(engine, args.job_rows))
+    if args.load and not args.random_weights and "transformers" in engines:
+        for rec in bench_load(args.device):
+            emit(rec)
+    print_tables(lines, args.new_tokens, meta)
+
+
+def run_onnx(args: argparse.Namespace, batches: list[int], emit) -> None:  # type: ignore[no-untyped-def]
+    backend = FixedLengthOnnx(threads=args.threads)
+    asyncio.run(backend.start())
+    emit({"measure": "load", "engine": "onnx", "seconds": round(backend.load_seconds, 2)})
+    for batch in batches:
+        rows = args.rows or max(8, batch)
+        emit(asyncio.run(bench_backend(backend, batch, rows, args.new_tokens, args.prompt_words,
+                                       engine="onnx")))  # fmt: skip
+    asyncio.run(backend.close())
+
+
+def run_transformers(args, batches, emit, meta) -> None:  # type: ignore[no-untyped-def]
+    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model_path
@@ -235,37 +334,65 @@ def main() -> None:
         )
         asyncio.run(backend.start())
         backend._eos = set()  # fixed output length: never stop at end-of-turn
-        meta = {
-            "device": str(backend.device)
-            + (f" ({torch.cuda.get_device_name()})" if backend.device.type == "cuda" else ""),
-            "dtype": str(backend.model.dtype).removeprefix("torch."),
-            "weights": "random" if args.random_weights else backend.model_version,
-        }
-        if backend.device.type == "cpu":
-            meta["device"] += f" ({torch.get_num_threads()} threads)"
-        emit({"measure": "load", "phase": "start()", "seconds": round(backend.load_seconds, 2)})
-        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        device = str(backend.device)
+        if backend.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name()})"
+        else:
+            device += f" ({torch.get_num_threads()} threads)"
+        meta["transformers"] = f"{device}, {str(backend.model.dtype).removeprefix('torch.')}" + (
+            ", random weights" if args.random_weights else "")
+        emit({"measure": "load", "engine": "transformers",
+              "seconds": round(backend.load_seconds, 2)})
+        for batch in batches:
             rows = args.rows or max(8, batch)
             work = (backend, batch, rows, args.new_tokens, args.prompt_words)
-            emit(asyncio.run(bench_backend(*work)))
+            emit(asyncio.run(bench_backend(*work, engine="transformers")))
             if args.hf_generate:
                 emit(bench_hf_generate(*work))
         asyncio.run(backend.close())
-    if args.load and not args.random_weights:
-        for rec in bench_load(args.device):
-            emit(rec)
 
-    print(f"\n### Local engine, {meta['weights']}, {meta['device']}, {meta['dtype']}, "
-          f"{args.new_tokens} new tokens per row\n")  # fmt: skip
-    print("| engine | batch | rows | tokens/s | rows/s | seconds |")
-    print("|---|---:|---:|---:|---:|---:|")
+
+def print_tables(lines: list[dict], new_tokens: int, meta: dict) -> None:
+    print(f"\n### Embedded engines, {new_tokens} new tokens per row, greedy, fixed length "
+          f"({meta['machine']}; transformers: {meta.get('transformers', '-')})\n")
+    rates = {(r["engine"], r["batch_size"]): r for r in lines if "batch_size" in r}
+    batches = sorted({b for _, b in rates})
+    engines = list(dict.fromkeys(e for e, _ in rates))
+    print("tokens/s (tokens per CPU second in brackets: steadier on a shared machine)\n")
+    print("| batch | " + " | ".join(f"{e}" for e in engines) + " | onnx / transformers |")
+    print("|---:|" + "---:|" * (len(engines) + 1))
+    for b in batches:
+        cells = [f"{rates[(e, b)]['tokens_per_s']} ({rates[(e, b)]['tokens_per_cpu_s']})"
+                 if (e, b) in rates else "-" for e in engines]
+        ratio = "-"
+        if ("onnx", b) in rates and ("transformers", b) in rates:
+            fast, ref = rates[("onnx", b)], rates[("transformers", b)]
+            ratio = (f"{fast['tokens_per_s'] / ref['tokens_per_s']:.1f}x "
+                     f"({fast['tokens_per_cpu_s'] / ref['tokens_per_cpu_s']:.1f}x)")
+        print(f"| {b} | " + " | ".join(cells) + f" | {ratio} |")
+    runs: dict[str, list[dict]] = {}
     for r in lines:
-        if "tokens_per_s" in r:
-            print(f"| {r['engine']} | {r['batch_size']} | {r['rows']} | {r['tokens_per_s']} | "
-                  f"{r['rows_per_s']} | {r['seconds']} |")  # fmt: skip
+        if r.get("measure") == "job":
+            runs.setdefault(r["engine"], []).append(r)
+    if runs:
+        print("\n| whole job | rows | succeeded | output tokens | wall s (each run) "
+              "| median wall s | median CPU s |")
+        print("|---|---:|---:|---:|---|---:|---:|")
+        medians = {}
+        for e, rs in runs.items():
+            wall = statistics.median(r["seconds"] for r in rs)
+            cpu = statistics.median(r["cpu_seconds"] for r in rs)
+            medians[e] = (wall, cpu)
+            print(f"| {REGISTRY_NAMES[e]} | {rs[0]['rows']} | {rs[0]['succeeded']} | "
+                  f"{rs[0]['generated_tokens']} | {', '.join(str(r['seconds']) for r in rs)} | "
+                  f"{wall:.1f} | {cpu:.1f} |")
+        if {"onnx", "transformers"} <= set(medians):
+            (tw, tc), (ow, oc) = medians["transformers"], medians["onnx"]
+            print(f"\nwhole job (medians): onnx is {tw / ow:.1f}x faster in wall time, "
+                  f"{tc / oc:.1f}x in CPU time")
     for r in lines:
         if r.get("measure") == "load":
-            print(f"\nload {r['phase']}: {r['seconds']} s", end="")
+            print(f"\nload {r.get('engine', '')} {r.get('phase', '')}: {r['seconds']} s", end="")
     print()
 
 

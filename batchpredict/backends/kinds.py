@@ -1,7 +1,8 @@
 """Backend kinds: what `backend = "..."` in a registry entry means, how the entry's settings are
 checked when the file loads, and how its backend is built (registry.py holds the entries).
 
-    local    the embedded model on transformers (backends/local.py)
+    onnx     the embedded model's default engine, onnxruntime-genai (backends/onnx_engine.py)
+    local    the transformers reference engine (backends/local.py)
     openai   any OpenAI-compatible server (backends/openai.py)
     gemini   the Gemini API (backends/gemini.py)
     server   an engine server batchpredict runs itself (backends/managed.py)
@@ -83,6 +84,18 @@ def _validate_local(where: str, options: dict[str, Any]) -> dict[str, Any]:
     from batchpredict.backends.local import LocalBackend
 
     return _check_arguments(where, LocalBackend, options)
+
+
+def _validate_onnx(where: str, options: dict[str, Any]) -> dict[str, Any]:
+    from batchpredict.backends.onnx_engine import OnnxGenaiBackend
+
+    return _check_arguments(where, OnnxGenaiBackend, options)
+
+
+def _onnx(entry: ModelEntry, model: str, data_dir: str) -> Backend:
+    from batchpredict.backends.onnx_engine import OnnxGenaiBackend
+
+    return OnnxGenaiBackend(**entry.settings)
 
 
 def _local(entry: ModelEntry, model: str, data_dir: str) -> Backend:
@@ -171,6 +184,7 @@ _gemini = _remote("gemini", "GeminiBackend", "GeminiSettings")
 
 #: `backend = "..."` -> how that backend is checked and built.
 BACKEND_KINDS: dict[str, BackendKind] = {
+    "onnx": BackendKind(_validate_onnx, _onnx),
     "local": BackendKind(_validate_local, _local),
     "openai": BackendKind(_openai[0], _openai[1], per_model=True),
     "gemini": BackendKind(_gemini[0], _gemini[1], per_model=True),

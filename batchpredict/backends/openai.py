@@ -5,15 +5,17 @@ One POST to `{base_url}/chat/completions` per row, through `remote.RemoteCaller`
 rpm/tpm limits, timeout, retries). One aiohttp `ClientSession` per backend instance, opened in
 `start()`, with a connection pool as large as `concurrency`.
 
-Request, Gemini -> chat completions:
+Request, Gemini -> chat completions (messages and settings read through `chat.py`, the mapping
+every engine shares):
 - `systemInstruction` -> a `system` message; `contents` roles user/model -> user/assistant.
-  A content of text parts only becomes one string (parts joined with "\\n", as the local backend
-  does); with media it becomes a list of typed parts.
+  A content of text parts only becomes one string (parts joined with "\\n", as the embedded
+  engines do); with media it becomes a list of typed parts.
 - `inlineData` / `fileData` (fetched through `batchpredict.media`, under its URI policy): images
   -> `image_url` data URLs (unless the entry says `images = false`), wav/mp3 -> `input_audio`,
   text/* -> text. Anything else (PDF, video), media in a model turn, function calls, `tools` and
   `cachedContent` make that row a 400 naming the part or field.
-- `generationConfig`: temperature, topP -> top_p, topK -> top_k (a vLLM/llama.cpp extension),
+- `generationConfig`: temperature (unset: left out, so the server applies its model's default,
+  see chat.py), topP -> top_p, topK -> top_k (a vLLM/llama.cpp extension),
   maxOutputTokens -> max_tokens (or `max_completion_tokens`, per `max_tokens_field`),
   stopSequences -> stop, seed, candidateCount -> n, presencePenalty, frequencyPenalty,
   responseMimeType application/json -> response_format json_object, with responseSchema (converted
@@ -42,6 +44,13 @@ import aiohttp
 import orjson
 
 from batchpredict.backends.base import Backend
+from batchpredict.backends.chat import (
+    Sampling,
+    gemini_schema_to_json_schema,
+    message_blocks,
+    refuse_unsupported,
+    response_format,
+)
 from batchpredict.backends.remote import (
     RemoteCaller,
     RemoteFailure,
@@ -54,12 +63,18 @@ from batchpredict.backends.remote import (
 from batchpredict.errors import BatchPredictError, InvalidArgument, error_for_http_status
 
 if TYPE_CHECKING:
-    from batchpredict.schema import Content, GenerateContentRequest, Part
+    from batchpredict.schema import GenerateContentRequest, Part
 
-__all__ = ["OpenAIBackend", "OpenAISettings", "to_chat_messages", "to_gemini_response"]
+__all__ = [
+    "OpenAIBackend",
+    "OpenAISettings",
+    "gemini_schema_to_json_schema",
+    "to_chat_messages",
+    "to_gemini_response",
+]
 
 OPENAI_URL = "https://api.openai.com/v1"
-_ROLES = {"user": "user", "model": "assistant", None: "user"}
+_WHO = "the openai backend"
 _FINISH = {
     "stop": "STOP",
     "length": "MAX_TOKENS",
@@ -187,30 +202,11 @@ class OpenAIBackend(Backend):
     # -- request mapping ------------------------------------------------------------------
     async def chat_request(self, req: GenerateContentRequest) -> tuple[dict[str, Any], int]:
         """The chat completions body for `req`, and its prompt size in characters."""
-        _check_supported(req)
+        refuse_unsupported(req, _WHO)
         messages, chars = await to_chat_messages(req, self.settings.images)
         body: dict[str, Any] = {"model": self.model, "messages": messages}
-        body.update(_sampling(req, self.settings.max_tokens_field))
+        body.update(_sampling(Sampling.from_config(req.config), self.settings.max_tokens_field))
         return body, chars
-
-
-def _check_supported(req: GenerateContentRequest) -> None:
-    cfg = req.config
-    modalities = [m.upper() for m in cfg.response_modalities or []]
-    unsupported = {
-        "tools": bool(req.tools),
-        "toolConfig": bool(req.tool_config),
-        "cachedContent": req.cached_content is not None,
-        "generationConfig.responseModalities other than TEXT": any(m != "TEXT" for m in modalities),
-        "generationConfig.speechConfig": cfg.speech_config is not None,
-        "generationConfig.imageConfig": cfg.image_config is not None,
-    }
-    for name, present in unsupported.items():
-        if present:
-            raise InvalidArgument(
-                f"Unable to submit request because it sets {name}, which the openai backend "
-                "does not support. Remove it and try again."
-            )
 
 
 async def to_chat_messages(req: GenerateContentRequest,
@@ -218,12 +214,7 @@ async def to_chat_messages(req: GenerateContentRequest,
     """Chat messages for a request, and the characters of text they hold."""
     messages: list[dict[str, Any]] = []
     chars = 0
-    blocks: list[tuple[str, str, Content]] = []
-    if req.system_instruction is not None:
-        blocks.append(("system_instruction", "system", req.system_instruction))
-    for i, content in enumerate(req.contents):
-        blocks.append((f"contents[{i}]", _ROLES.get(content.role, "user"), content))
-    for where, role, content in blocks:
+    for where, role, content in message_blocks(req):
         items: list[dict[str, Any]] = []
         for j, part in enumerate(content.parts):
             if part.thought:
@@ -306,87 +297,31 @@ async def _data_url(where: str, part: Part, uri: str | None, mime: str) -> str:
     return f"data:{mime};base64,{await _base64(where, part, uri, mime)}"
 
 
-def _sampling(req: GenerateContentRequest, max_tokens_field: str) -> dict[str, Any]:
-    cfg = req.config
+def _sampling(s: Sampling, max_tokens_field: str) -> dict[str, Any]:
+    """The chat completions settings of a request. An unset temperature is left out: the
+    server applies its model's default (chat.py's module docstring)."""
     out: dict[str, Any] = {}
-    for attr, name in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                       ("seed", "seed"), ("presence_penalty", "presence_penalty"),
-                       ("frequency_penalty", "frequency_penalty")):
-        value = getattr(cfg, attr)
+    for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty",
+                 "frequency_penalty"):
+        value = getattr(s, name)
         if value is not None:
-            out[name] = int(value) if attr == "top_k" else value
-    if cfg.max_output_tokens is not None:
-        out[max_tokens_field] = cfg.max_output_tokens
-    if cfg.stop_sequences:
-        out["stop"] = list(cfg.stop_sequences)
-    if cfg.candidate_count is not None and cfg.candidate_count != 1:
-        out["n"] = cfg.candidate_count
-    if cfg.response_logprobs or cfg.logprobs is not None:
+            out[name] = value
+    if s.max_output_tokens is not None:
+        out[max_tokens_field] = s.max_output_tokens
+    if s.stop_sequences:
+        out["stop"] = list(s.stop_sequences)
+    if s.candidate_count != 1:
+        out["n"] = s.candidate_count
+    if s.response_logprobs or s.logprobs is not None:
         out["logprobs"] = True
-        if cfg.logprobs:
-            out["top_logprobs"] = cfg.logprobs
-    fmt = _response_format(cfg)
-    if fmt is not None:
-        out["response_format"] = fmt
-    return out
-
-
-def _response_format(cfg: Any) -> dict[str, Any] | None:
-    mime = (cfg.response_mime_type or "").lower()
-    schema = cfg.response_json_schema
-    if schema is None and cfg.response_schema is not None:
-        schema = gemini_schema_to_json_schema(cfg.response_schema)
-    if mime in ("", "text/plain"):
-        if schema is None:
-            return None
-        raise InvalidArgument(
-            "Unable to submit request because it sets generationConfig.responseSchema without "
-            "responseMimeType application/json. Set responseMimeType and try again."
-        )
-    if mime != "application/json":
-        raise InvalidArgument(
-            f"Unable to submit request because generationConfig.responseMimeType {mime} is not "
-            "supported by the openai backend. Use text/plain or application/json."
-        )
-    if schema is None:
-        return {"type": "json_object"}
-    return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
-
-
-_SCHEMA_KEYS = {"any_of": "anyOf", "property_ordering": "propertyOrdering",
-                "min_items": "minItems", "max_items": "maxItems", "min_length": "minLength",
-                "max_length": "maxLength", "min_properties": "minProperties",
-                "max_properties": "maxProperties"}
-_INT_KEYS = {"minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"}
-
-
-def gemini_schema_to_json_schema(schema: Any) -> Any:
-    """Gemini's `Schema` (an OpenAPI 3.0 subset: TYPE names in capitals, `nullable`,
-    `propertyOrdering`, int64 limits as strings) as a JSON Schema."""
-    if isinstance(schema, list):
-        return [gemini_schema_to_json_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    nullable = False
-    for raw_key, value in schema.items():
-        key = _SCHEMA_KEYS.get(str(raw_key), str(raw_key))
-        if key == "type" and isinstance(value, str):
-            out["type"] = value.lower()
-        elif key == "nullable":
-            nullable = bool(value)
-        elif key in ("propertyOrdering", "example"):
-            continue
-        elif key == "properties" and isinstance(value, dict):
-            out[key] = {k: gemini_schema_to_json_schema(v) for k, v in value.items()}
-        elif key in ("items", "anyOf", "oneOf", "allOf"):
-            out[key] = gemini_schema_to_json_schema(value)
-        elif key in _INT_KEYS:
-            out[key] = int(value)
+        if s.logprobs:
+            out["top_logprobs"] = s.logprobs
+    if response_format(s, _WHO) == "json":
+        if s.json_schema is None:
+            out["response_format"] = {"type": "json_object"}
         else:
-            out[key] = value
-    if nullable and isinstance(out.get("type"), str):
-        out["type"] = [out["type"], "null"]
+            out["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "response", "schema": s.json_schema}}
     return out
 
 

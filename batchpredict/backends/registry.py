@@ -7,9 +7,10 @@ crosses `/`), compared with the job's model as given, with its short form (the p
 last `/`), and, for a bare name, with `publishers/google/models/NAME` (what Vertex makes of it).
 The first match wins. An unknown model is a 400 that lists what is available.
 
-Without a registry file, the built-in one sends every Gemini name to the embedded model, so an
-unmodified Vertex job runs offline on a fresh machine; the response's `modelVersion` names the
-model that really answered.
+Without a registry file, the built-in one sends every Gemini name to the embedded model on the
+onnx engine (`smollm2-135m`), so an unmodified Vertex job runs offline on a fresh machine; the
+response's `modelVersion` names the model that really answered. `smollm2-135m-transformers` is
+the same model on the transformers reference engine (`local`).
 
 The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
 
@@ -17,7 +18,7 @@ The file (`BATCHPREDICT_MODELS_FILE`, TOML; see examples/models.toml):
 
     [[models]]
     name = "llama-3.1-8b"            # or a glob: "gemini-*", "projects/*/locations/*/models/*"
-    backend = "openai"               # local | openai | gemini | server | python
+    backend = "openai"               # onnx | local | openai | gemini | server | python
     description = "vLLM on the GPU box"
     dedupe = true                    # send identical temperature-0 requests of a job once
     num_gpus = 1                     # per worker of the processes/ray executors (default 0)
@@ -44,6 +45,10 @@ The kinds of backend and their settings:
   `command` (argv; "{port}" becomes the port), `port` (0: a free one), `health_url`,
   `startup_seconds`, `idle_seconds`, `stop_seconds`, `env`. Without `served_model`, the model
   the server lists at /v1/models. One server per entry.
+- `onnx`: the arguments of `OnnxGenaiBackend` (model_path, batch_size, model_version, threads,
+  max_batch_tokens, default_temperature): the embedded model's default engine.
+- `local`: the arguments of `LocalBackend` (model_path, batch_size, device, dtype, model_version,
+  threads, max_batch_tokens, default_temperature): the transformers reference engine.
 
       [[models]]
       name = "qwen2.5-7b"
@@ -125,9 +130,12 @@ class ModelEntry:
 
 
 DEFAULT_ENTRIES = [
-    ModelEntry(EMBEDDED, "local", {}, "SmolLM2-135M-Instruct, embedded, runs offline on CPU/GPU"),
-    ModelEntry("SmolLM2-135M-Instruct", "local", {}, "the embedded model, by its own name"),
-    ModelEntry("gemini-*", "local", {}, "Gemini names answered by the embedded model"),
+    ModelEntry(EMBEDDED, "onnx", {},
+               "SmolLM2-135M-Instruct, embedded: int4 ONNX on onnxruntime-genai, offline, CPU"),
+    ModelEntry(f"{EMBEDDED}-transformers", "local", {},
+               "the same model on the transformers reference engine (CPU/GPU)"),
+    ModelEntry("SmolLM2-135M-Instruct", "onnx", {}, "the embedded model, by its own name"),
+    ModelEntry("gemini-*", "onnx", {}, "Gemini names answered by the embedded model"),
 ]
 
 

@@ -2,8 +2,8 @@
 
     batchpredict run INPUT... --output PREFIX [--model NAME]   create and run a job here (run.py)
     batchpredict serve [--host H --port P]                      the REST API and its scheduler
-    batchpredict jobs list|get|cancel|delete                    the local job store (jobs.py)
-    batchpredict jobs create|get|list|cancel|delete|wait --server URL   a server's jobs
+    batchpredict jobs list|get|cancel|delete|resume             the local job store (jobs.py)
+    batchpredict jobs create|get|list|cancel|delete|resume|wait --server URL   a server's jobs
     batchpredict models list|pull                               the model registry (models.py)
 
 Every command goes through the one job service (`batchpredict.service`), locally or on a server

@@ -18,8 +18,9 @@ import orjson
 
 from batchpredict.cli.common import err, fail, local_service
 from batchpredict.cli.progress import ProgressBar, print_job, print_jobs_table
+from batchpredict.cli.run import exit_with, run_here
 from batchpredict.config import DEFAULT_LOCATION, Settings
-from batchpredict.jobs import Job, JobState
+from batchpredict.jobs import Job, JobState, RunsIn
 from batchpredict.server.vertex.resource import job_from_resource, job_resource
 from batchpredict.service import JobService, Scope, parse_job_id
 
@@ -209,6 +210,40 @@ def jobs_delete(
         number = _local_id(job_id, "delete")
         _local(data_dir, lambda s: s.delete(Scope.local(), number))
     err.print(f"Deleted job {job_id}.", highlight=False)
+
+
+@jobs.command("resume")
+@click.argument("job_id")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_server_options
+def jobs_resume(
+    job_id: str, quiet: bool, data_dir: str | None, server: str | None, token: str | None,
+    project: str | None, location: str,
+) -> None:
+    """Resume a job that failed because of its job store, storage or disk (or a `run` that was
+    interrupted), from its committed rows: a `batchpredict run` job runs here, a server's job
+    on its server."""
+    if server:
+        _client("resume", server, token, project, location).resume(job_id)
+        err.print(f"Resumed job {job_id}: it runs on from its committed rows; `batchpredict "
+                  f"jobs wait {job_id}` shows its progress.", highlight=False)
+        return
+    number = _local_id(job_id, "resume")
+    final = _local(data_dir, lambda s: _resume_here(s, number, quiet))
+    if final.runs_in == RunsIn.SCHEDULER:
+        err.print(f"Resumed job {job_id}: the server running this job store's jobs runs it on "
+                  "from its committed rows.", highlight=False)
+        return
+    exit_with(final, resume_command=f"batchpredict jobs resume {job_id}")
+
+
+async def _resume_here(service: JobService, job_id: int, quiet: bool) -> Job:
+    job = await service.get(Scope.local(), job_id)
+    if not (job.runs_in == RunsIn.COMMAND and job.state == JobState.JOB_STATE_RUNNING):
+        job = await service.resume(Scope.local(), job_id)  # an interrupted run needs no change
+    if job.runs_in == RunsIn.SCHEDULER:
+        return job
+    return await run_here(service, job, quiet)
 
 
 @jobs.command("wait")

@@ -40,10 +40,16 @@ def models_list(as_json: bool) -> None:
 
 @models.command("pull")
 def models_pull() -> None:
-    """Prepare the embedded model (convert the bundled GGUF once into a fast-loading folder)."""
-    from batchpredict.backends.embedded_model import prepare_embedded_model
+    """Prepare the embedded model: convert the bundled GGUF once into a fast-loading folder, and
+    build from it the int4 ONNX model that the default engine runs."""
+    from batchpredict.backends.embedded_model import prepare_embedded_model, prepare_onnx_model
 
     started = time.monotonic()
     with err.status("Preparing the embedded model (about a minute the first time)..."):
         path = prepare_embedded_model()
     out.print(f"Embedded model ready in {path} ({time.monotonic() - started:.1f} s)")
+    started = time.monotonic()
+    with err.status("Building its ONNX model for the default engine (about 30 s the first "
+                    "time)..."):
+        onnx = prepare_onnx_model()
+    out.print(f"ONNX model ready in {onnx} ({time.monotonic() - started:.1f} s)")

@@ -51,6 +51,7 @@ class ProgressBar:
         self.started = time.monotonic()
         self.first: RunProgress | None = None
         self.last_draw = 0.0
+        self.shown_waiting = ""
 
     def __enter__(self) -> ProgressBar:
         self.progress.__enter__()
@@ -67,6 +68,9 @@ class ProgressBar:
         self.label(f"loading {model}" if model else self.default_label)
 
     def update(self, p: RunProgress) -> None:
+        if (p.waiting or "") != self.shown_waiting:  # an outage began or ended: say so
+            self.shown_waiting = p.waiting or ""
+            self.label(f"[yellow]{p.waiting}[/]" if p.waiting else self.default_label)
         now = time.monotonic()
         if self.first is None:
             self.first, self.started = p, now
@@ -87,9 +91,10 @@ class ProgressBar:
 
     def show_job(self, job: Job) -> None:
         """A job as polled from a server."""
-        self.label(f"{self.default_label} {state_text(job.state)}")
         self.update(RunProgress(job.counts.done, job.total_rows, job.counts.succeeded,
-                                job.counts.failed, job.counts.total_tokens))
+                                job.counts.failed, job.counts.total_tokens, job.waiting_text))
+        if not job.waiting_text:
+            self.label(f"{self.default_label} {state_text(job.state)}")
 
 
 def _rows_text(job: Job) -> str:
@@ -128,9 +133,10 @@ def print_summary(job: Job, resume_command: str | None = None) -> None:
         out.print(f"output  {job.output_table}", soft_wrap=True, highlight=False)
     elif job.output_dir:
         # one unbroken line, so the path copies whole however narrow the terminal
-        path = f"{job.output_dir}/predictions.jsonl" if job.state.is_terminal else job.output_dir
+        done = job.state.is_terminal and not job.resumable  # a resumable job keeps its chunks
+        path = f"{job.output_dir}/predictions.jsonl" if done else job.output_dir
         out.print(f"output  {path}", soft_wrap=True, highlight=False)
-    if interrupted and resume_command:
+    if (interrupted or job.resumable) and resume_command:
         out.print(f"resume  {resume_command}", soft_wrap=True, highlight=False)
 
 
@@ -152,6 +158,8 @@ def print_job(job: Job) -> None:
     ]
     if job.error:
         rows.append(("error", job.error.get("message", "")))
+    if job.waiting_text:
+        rows.append(("waiting", f"{job.waiting_text}: {job.waiting_reason or ''}"))
     for k, v in rows:
         table.add_row(k, v)
     out.print(table, highlight=False)

@@ -18,6 +18,7 @@ import shlex
 import signal
 import sys
 import time
+from typing import NoReturn
 
 import click
 import orjson
@@ -31,7 +32,7 @@ from batchpredict.executors import EXECUTORS
 from batchpredict.jobs import Face, Job, JobState, LineFormat, RunsIn
 from batchpredict.service import JobRequest, JobService, Scope
 
-__all__ = ["run"]
+__all__ = ["exit_with", "run", "run_here"]
 
 
 def _absolute(uri: str) -> str:
@@ -111,7 +112,12 @@ def run(
     )
     files = Exports(output_file, error_file)
     final = asyncio.run(_submit_and_run(settings, request, quiet, line_format, files))
-    print_summary(final, resume_command=shlex.join(["batchpredict", *sys.argv[1:]]))
+    exit_with(final, resume_command=shlex.join(["batchpredict", *sys.argv[1:]]))
+
+
+def exit_with(final: Job, resume_command: str) -> NoReturn:
+    """Print what a run ended with and exit with its code (130: interrupted, resumable)."""
+    print_summary(final, resume_command=resume_command)
     if final.state == JobState.JOB_STATE_RUNNING:
         sys.exit(EXIT["interrupted"])
     sys.exit(EXIT["succeeded"] if final.state == JobState.JOB_STATE_SUCCEEDED
@@ -151,6 +157,10 @@ async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool,
         assert request.fingerprint is not None
         job = await service.find_resumable(request.fingerprint)
         if job is not None:
+            if job.resumable:  # it failed because of its store, storage or disk
+                err.print(f"Job {job.id} had failed because of its store, storage or disk; "
+                          "taking it back to RUNNING.", highlight=False)
+                job = await service.resume(Scope.local(), job.id)
             done = await service.committed_rows(job)
             err.print(f"Resuming job {job.id} ({plural(done, 'row')} already done) into "
                       f"{job.output_table or job.output_dir}",
@@ -159,14 +169,15 @@ async def _submit_and_run(settings: Settings, request: JobRequest, quiet: bool,
             request.line_format = None if line_format == "auto" else LineFormat(line_format)
             job = await service.submit(Scope.local(), request)
             err.print(f"Created job {job.id}", highlight=False)
-        final = await _run_here(service, job, quiet)
+        final = await run_here(service, job, quiet)
         await files.write(service, final)
         return final
     finally:
         await service.close()
 
 
-async def _run_here(service: JobService, job: Job, quiet: bool) -> Job:
+async def run_here(service: JobService, job: Job, quiet: bool) -> Job:
+    """Run `job` in this command, with a progress bar; Ctrl-C writes its completed rows."""
     interrupt = asyncio.Event()
     loop = asyncio.get_running_loop()
 

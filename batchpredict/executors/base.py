@@ -159,6 +159,9 @@ class Executor(abc.ABC):
 
     def __init__(self, workers: int = 0, start_seconds: float = 300.0,
                  ray_address: str = "") -> None:
+        #: An outage a worker in the driver's process waits out, shown on the job (the runner
+        #: sets it; workers elsewhere wait without showing it).
+        self.on_waiting: Callable[[Any], None] | None = None
         #: Workers asked for; 0: the executor's own choice (`workers` is then 1).
         self.requested = max(0, workers)
         self.workers = max(1, workers)
@@ -183,12 +186,21 @@ class RangeSource:
     """Ranges for the lanes: the rests of lost ranges first, then new ones planned lazily
     (on `bounded_io.JOB_POOL`, its reads stopping once `stop_reading` is set) from `plan`.
     `next` returns None once every range has been run, or at once when closed (a pull stuck
-    on slow storage finishes on its own)."""
+    on slow storage finishes on its own). A storage outage while planning is waited out
+    (`patience`): planning starts again with `replan(done)`, every row already planned counted
+    as done, so no range is planned twice."""
 
     def __init__(self, plan: Generator[Range, None, int],
-                 stop_reading: threading.Event | None = None) -> None:
+                 stop_reading: threading.Event | None = None, patience: Any = None,
+                 replan: Callable[[list[tuple[int, int]]], Generator[Range, None, int]]
+                 | None = None, committed: list[tuple[int, int]] | None = None) -> None:
         self._plan = plan
         self._stop_reading = stop_reading or threading.Event()
+        self._patience = patience
+        self._replan = replan
+        self._committed = list(committed or [])
+        #: rows below this were planned (ranges come in row order)
+        self._planned_to = 0
         self._pull_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
@@ -201,17 +213,34 @@ class RangeSource:
     def _pull(self) -> Range | _Total:
         bounded_io.guard_reads(stop=self._stop_reading)  # the files the plan opens stop on it
         try:
-            return next(self._plan)
+            item = next(self._plan)
         except StopIteration as end:
             return _Total(end.value)
+        except Exception as exc:
+            from batchpredict.outages import storage_outage
+
+            replan = self._replan
+            outage = None if isinstance(exc, bounded_io.ReadStopped) or replan is None \
+                else storage_outage("the job's input", exc)
+            if outage is None or replan is None:
+                raise
+            # the plan is broken off: plan again, past every row planned so far
+            done = [*self._committed, (0, self._planned_to - 1)] if self._planned_to else \
+                self._committed
+            self._plan = replan(done)
+            raise outage from exc
+        self._planned_to = item.last_row + 1
+        return item
 
     async def _pull_unless_closed(self) -> Range | _Total | None:
-        pull = asyncio.ensure_future(bounded_io.run_io(self._pull, pool=bounded_io.JOB_POOL))
-        closed = asyncio.ensure_future(self._closed.wait())
+        pull: asyncio.Future[Range | _Total] = asyncio.ensure_future(
+            self._patience.call(self._pull) if self._patience is not None
+            else bounded_io.run_io(self._pull, pool=bounded_io.JOB_POOL))
+        closed: asyncio.Future[Any] = asyncio.ensure_future(self._closed.wait())
         await asyncio.wait([pull, closed], return_when=asyncio.FIRST_COMPLETED)
         closed.cancel()
         if not pull.done():
-            pull.add_done_callback(lambda f: f.cancelled() or f.exception())
+            pull.cancel()  # (a read under way finishes in its thread, unheard)
             return None
         return pull.result()
 

@@ -104,14 +104,26 @@ class Commits:
             storage.remove(self.out.chunk_uri(first, last))
             return Commit.OVERLAP
         prefix = self.committed.prefix_with(first, last)
+        # from what the job had before: the same whether the store takes it at the first try
+        # or after an outage (outages.PatientStore tries again)
+        counts, failures = job.counts, list(job.partial_failures)
 
         def apply(j: Job) -> None:
+            j.counts = RowCounts()
+            j.counts.add(counts)
             j.counts.add(chunk.counts)
             j.checkpoint.committed_rows = prefix
+            j.partial_failures = list(failures)
             merge_failures(j.partial_failures, chunk.failures)
             j.record_progress(utcnow())  # the console's throughput charts read this history
 
-        result = self.store.commit_chunk(job, ChunkRecord(first, last, chunk.counts), apply)
+        try:
+            result = self.store.commit_chunk(job, ChunkRecord(first, last, chunk.counts), apply)
+        except BaseException:
+            job.counts, job.partial_failures = counts, failures  # not committed
+            raise
+        if result is Commit.DUPLICATE:  # committed by a try whose reply an outage swallowed
+            result = Commit.COMMITTED
         if result is Commit.COMMITTED:
             self.committed.add(first, last)
         return result

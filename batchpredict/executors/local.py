@@ -35,4 +35,5 @@ class LocalExecutor(Executor):
 
     async def start(self, spec: WorkerSpec, registry: Any) -> list[WorkerHandle]:
         backend = scoped(await registry.backend_for(spec.model), spec)
-        return [_InProcess(RangeWorker.for_spec(backend, spec), i) for i in range(self.workers)]
+        return [_InProcess(RangeWorker.for_spec(backend, spec, self.on_waiting), i)
+                for i in range(self.workers)]

@@ -7,7 +7,8 @@ its stderr), one pickled message per frame (4-byte length, then the message):
 
     driver -> worker   ("init", WorkerSpec)  ("run", id, Range)  ("stop",)  ("exit",)
     worker -> driver   ("ready", ranges in flight, pid)  ("failed", message)
-                       ("report", id, Report)  ("done", id)  ("error", id, class name, message)
+                       ("report", id, Report)  ("done", id)
+                       ("error", id, class name, message, resource of an Outage or None)
 
 A worker that exits (killed, crashed) closes its stdout: its ranges end with WorkerLost and go
 back in line, and it is started again. A worker whose driver dies sees its stdin close and exits
@@ -143,6 +144,8 @@ class _Process(WorkerHandle):
                     cls = getattr(errors, message[2], None)
                     if not (isinstance(cls, type) and issubclass(cls, BatchPredictError)):
                         cls = Internal
+                    if issubclass(cls, errors.Outage):  # past the worker's deadline: resumable
+                        raise cls(message[3], resource=message[4] or "the job's storage")
                     raise cls(message[3])
                 else:
                     code = self.proc.returncode if self.proc else None
@@ -238,7 +241,7 @@ async def _serve(out: IO[bytes]) -> None:
                 send(("report", rid, report))
             send(("done", rid))
         except BatchPredictError as exc:
-            send(("error", rid, type(exc).__name__, exc.message))
+            send(("error", rid, type(exc).__name__, exc.message, getattr(exc, "resource", None)))
         except Exception as exc:
             log.exception("range %s failed", rng)
             send(("error", rid, "Internal", f"The worker failed: {type(exc).__name__}: {exc}"))

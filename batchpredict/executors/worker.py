@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from batchpredict import bounded_io, output
+from batchpredict import bounded_io, outages, output
 from batchpredict.backends import dedupe
 from batchpredict.backends.base import Backend, generate_per_row
 from batchpredict.config import RunnerSettings
-from batchpredict.errors import BatchPredictError, InvalidArgument
+from batchpredict.errors import BatchPredictError
 from batchpredict.executors.base import Answered, ChunkDone, Report, WorkerSpec
 from batchpredict.executors.ranges import MAX_RANGE_BYTES, Range, open_range
 from batchpredict.formats import LineCodec, codec_for
@@ -70,6 +71,39 @@ async def worker_backend(spec: WorkerSpec) -> Backend:
         spec.entry, spec.model)
     await backend.start()
     return scoped(backend, spec)
+
+
+class _Slots:
+    """The backend's slots, shared by a worker's ranges and given to waiting batches lowest row
+    first: rows are answered in row order as far as the backend's concurrency allows, as one
+    stream would be (progress stays gap-free from row 0, and a cancel of a backend answering one
+    batch at a time keeps a prefix of the rows)."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.order = itertools.count()
+
+    async def acquire(self, row: int) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiting, (row, next(self.order), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted as it was cancelled: pass the slot on
+            raise
+
+    def release(self) -> None:
+        while self.waiting:
+            granted = heapq.heappop(self.waiting)[2]
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self.free += 1
 
 
 class _RangeRun:
@@ -131,8 +165,11 @@ class _RangeRun:
 
 class RangeWorker:
     def __init__(self, backend: Backend, settings: RunnerSettings, output_dir: str,
-                 progress_seconds: float = PROGRESS_SECONDS, line_format: str = "vertex") -> None:
+                 progress_seconds: float = PROGRESS_SECONDS, line_format: str = "vertex",
+                 on_waiting: Callable[[Any], None] | None = None) -> None:
         self.backend = dedupe.for_job(backend)  # identical temperature-0 requests sent once
+        #: storage outages (range reads, chunk writes) waited out up to the deadline
+        self.patience = outages.Patience(settings.outage_deadline_seconds, on_waiting)
         self.progress_seconds = progress_seconds
         self.settings = settings
         self.line_format = line_format
@@ -140,15 +177,16 @@ class RangeWorker:
         self.out = output.ChunkedOutput(output_dir)
         self.batch_size = max(1, backend.batch_size)
         self.concurrency = max(1, backend.max_concurrency)
-        self.slots = asyncio.Semaphore(self.concurrency)
+        self.slots = _Slots(self.concurrency)
         self.stopping = asyncio.Event()
         #: set with `stopping`: range reads stuck on slow storage stop at their next read
         self.stop_reading = threading.Event()
 
     @classmethod
-    def for_spec(cls, backend: Backend, spec: WorkerSpec) -> RangeWorker:
+    def for_spec(cls, backend: Backend, spec: WorkerSpec,
+                 on_waiting: Callable[[Any], None] | None = None) -> RangeWorker:
         return cls(backend, spec.settings, spec.output_dir, spec.progress_seconds,
-                   spec.line_format)
+                   spec.line_format, on_waiting)
 
     @property
     def ranges_in_flight(self) -> int:
@@ -165,13 +203,20 @@ class RangeWorker:
 
     def _open(self, rng: Range) -> Iterator[Row]:
         bounded_io.guard_reads(stop=self.stop_reading)
-        return open_range(rng, self.settings.max_line_bytes, self.line_format)
+        try:
+            return open_range(rng, self.settings.max_line_bytes, self.line_format)
+        except Exception as exc:  # a storage error that passes is waited out (patience)
+            outage = None if isinstance(exc, bounded_io.ReadStopped) else \
+                outages.storage_outage(rng.uri, exc)
+            if outage is None:
+                raise
+            raise outage from exc
 
     async def run(self, rng: Range) -> AsyncIterator[Report]:
         """Run `rng` from `rng.skip`, yielding its chunks (and answered-row counts)."""
         st = self.settings
         try:
-            rows = await bounded_io.run_io(self._open, rng, pool=bounded_io.JOB_POOL)
+            rows = await self.patience.call(self._open, rng, resource=rng.uri)
         except bounded_io.ReadStopped:
             return  # told to stop while reading: nothing was answered
         run = _RangeRun(rng.skip, self.codec)
@@ -229,7 +274,7 @@ class RangeWorker:
                     run.buffer.advance()
                     run.changed.set()
                 for i in range(0, len(good), self.batch_size):
-                    await self.slots.acquire()
+                    await self.slots.acquire(good[i].index)
                     task = asyncio.ensure_future(
                         self._generate(run, good[i : i + self.batch_size])
                     )
@@ -269,20 +314,10 @@ class RangeWorker:
         return reports
 
     async def _write_chunk(self, first: int, last: int, data: bytes) -> bool:
-        """True when written, False when the object was there already."""
-        delay = 0.5
-        for attempt in range(5):
-            try:
-                return await asyncio.to_thread(self.out.write_chunk, first, last, data)
-            except BatchPredictError as exc:
-                if attempt == 4:
-                    raise InvalidArgument(
-                        f"Could not write output to {self.out.output_dir}: {exc.message}"
-                    ) from exc
-                log.warning("chunk write failed (%s); retrying in %.1fs", exc.message, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        """True when written, False when the object was there already; written through
+        outages of its storage (or disk) up to the deadline."""
+        return await self.patience.call(self.out.write_chunk, first, last, data,
+                                        resource=self.out.output_dir)
 
 
 async def _first_of(*waits: asyncio.Event | asyncio.Future[Any], timeout: float) -> None:

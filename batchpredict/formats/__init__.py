@@ -67,10 +67,6 @@ class LineCodec(abc.ABC):
         into.prompt_tokens += prompt
         into.candidates_tokens += output
 
-    def no_request(self, where: str) -> InvalidArgument:
-        return InvalidArgument(f"{where} is not a request. Each line must be one JSON object "
-                               f"such as {self.example}.")
-
 
 def codec_for(fmt: LineFormat | str) -> LineCodec:
     from batchpredict.formats import gemini, openai, vertex

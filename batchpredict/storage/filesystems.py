@@ -11,6 +11,7 @@ Listing caches are off: jobs read objects that other processes write, and a stal
 hide an uploaded input or a committed chunk.
 
 `translate_error` is the one boundary where a client's exception becomes a BatchPredictError:
+an Outage for a failure that may pass (no connection, 5xx, timeouts, no space left: `outages.py`),
 NotFound for a missing bucket or object, FailedPrecondition when no credentials are configured
 (`CREDENTIAL_ERRORS`, by class name: botocore and google-auth), InvalidArgument naming the URI and
 what to grant for a permission problem, InvalidArgument otherwise.
@@ -29,6 +30,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from batchpredict.errors import BatchPredictError, FailedPrecondition, InvalidArgument, NotFound
+from batchpredict.outages import storage_outage
 from batchpredict.storage.uris import OBJECT_STORES, bucket_of, check_uri, is_local, scheme_of
 
 __all__ = [
@@ -186,6 +188,9 @@ def translate_error(
     `writing`: the error came from writing `uri`, and is worded as a write failure."""
     if isinstance(exc, BatchPredictError):
         return exc
+    # No connection, 5xx, timeouts, a full disk: an Outage a running job waits out (outages.py)
+    if (outage := storage_outage(uri, exc)) is not None:
+        return outage
     if type(exc).__name__ in CREDENTIAL_ERRORS:
         return credentials_error(scheme_of(uri), uri, exc)
     if writing and not (

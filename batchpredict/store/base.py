@@ -27,10 +27,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 
-from batchpredict.errors import FailedPrecondition
-from batchpredict.jobs import ALLOWED_TRANSITIONS, Job, JobState, RowCounts, utcnow
+from batchpredict.errors import FailedPrecondition, Outage
+from batchpredict.jobs import Job, JobState, RowCounts, transition_allowed, utcnow
 
-__all__ = ["ChunkRecord", "Commit", "JobStore", "StoreTotals", "owner_is_gone"]
+__all__ = ["ChunkRecord", "Commit", "JobStore", "StoreTotals", "owner_is_gone", "store_outage"]
+
+
+def store_outage(where: str, exc: Exception, check: str) -> Outage:
+    """A store driver's error (sqlite3's or psycopg's OperationalError) as ours: one line that
+    names the store and what to `check`. A running job waits it out (outages.py)."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return Outage(f"The job store {where} cannot be used now: {detail}. {check}",
+                  resource=f"the job store {where}")
 
 
 def owner_is_gone(owner: str | None, heartbeat_age: timedelta | None, stale_after: float) -> bool:
@@ -144,7 +152,7 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def find_by_fingerprint(self, fingerprint: str) -> Job | None:
-        """The newest unfinished job with this fingerprint."""
+        """The newest unfinished job with this fingerprint, or a resumable FAILED one."""
 
     # -- committed chunks ---------------------------------------------------------------
     @abc.abstractmethod
@@ -169,7 +177,7 @@ class JobStore(abc.ABC):
         """Move a job to `to`, applying `mutate` to it in the same write. Retries on a race."""
         for _ in range(20):
             job = self.get(job_id)
-            if to not in ALLOWED_TRANSITIONS.get(job.state, frozenset()):
+            if not transition_allowed(job, to):
                 raise FailedPrecondition(
                     f"Job {job_id} is {job.state.value}; it cannot become {to.value}."
                 )

@@ -9,11 +9,13 @@ claim, so the running limit holds across servers; a chunk commit locks its job's
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from batchpredict.errors import Unavailable
+from batchpredict.store.base import store_outage
 from batchpredict.store.files import FILES_SCHEMA
 from batchpredict.store.sql import Query, SQLJobStore
 
@@ -52,6 +54,9 @@ CREATE TABLE IF NOT EXISTS job_chunks (
 _SCHEMA_LOCK, _CLAIM_LOCK = 724171, 724172
 
 
+_CHECK = "Check that the PostgreSQL server is running and reachable from this machine."
+
+
 class PostgresJobStore(SQLJobStore):
     _LOCK_JOB = " FOR UPDATE"
 
@@ -66,19 +71,25 @@ class PostgresJobStore(SQLJobStore):
         self.url = url
         self._lock = threading.Lock()
         self._conn = self._connect()
-        with self._lock, self._conn.cursor() as cur:
-            # two servers starting together must not both create the table
-            cur.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
-            cur.execute(_SCHEMA + FILES_SCHEMA)
-            cur.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
+        try:
+            with self._lock, self._conn.cursor() as cur:
+                # two servers starting together must not both create the table
+                cur.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK})")
+                cur.execute(_SCHEMA + FILES_SCHEMA)
+                cur.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK})")
+        except psycopg.OperationalError as exc:
+            raise store_outage(self.where, exc, _CHECK) from None
+
+    @property
+    def where(self) -> str:
+        """The store's URL without its password, for messages."""
+        return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", self.url)
 
     def _connect(self) -> Any:
         try:
-            return self._psycopg.connect(self.url, autocommit=True)
+            return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except self._psycopg.OperationalError as exc:
-            raise Unavailable(
-                f"Cannot connect to the job store at {self.url}: {exc}".strip()
-            ) from None
+            raise store_outage(self.where, exc, _CHECK) from None
 
     def close(self) -> None:
         with self._lock:
@@ -93,24 +104,28 @@ class PostgresJobStore(SQLJobStore):
                         cur.execute(sql, args)
                         rows = cur.fetchall() if cur.description else []
                         return rows, cur.rowcount
-                except self._psycopg.OperationalError:
+                except self._psycopg.OperationalError as exc:
                     if attempt == 2:
-                        raise
+                        raise store_outage(self.where, exc, _CHECK) from None
                     self._conn = self._connect()  # the server restarted: once more
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Query]:
         with self._lock:
-            if self._conn.closed:
-                self._conn = self._connect()
-            with self._conn.transaction(), self._conn.cursor() as cur:
+            try:
+                if self._conn.closed:
+                    self._conn = self._connect()  # the server restarted since
+                with self._conn.transaction(), self._conn.cursor() as cur:
 
-                def q(sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
-                    cur.execute(sql.replace("?", "%s"), args)
-                    return (cur.fetchall() if cur.description else []), cur.rowcount
+                    def q(sql: str, args: tuple[Any, ...] = ()
+                          ) -> tuple[list[tuple[Any, ...]], int]:
+                        cur.execute(sql.replace("?", "%s"), args)
+                        return (cur.fetchall() if cur.description else []), cur.rowcount
 
-                yield q
+                    yield q
+            except self._psycopg.OperationalError as exc:  # one transaction: never repeated here
+                raise store_outage(self.where, exc, _CHECK) from None
 
     def _claim_lock(self, q: Query) -> None:
         q(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})")

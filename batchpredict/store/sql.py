@@ -217,11 +217,12 @@ class SQLJobStore(SQLFileTable, JobStore):
 
     def find_by_fingerprint(self, fingerprint: str) -> Job | None:
         rows, _ = self._query(
-            "SELECT id, data FROM jobs WHERE fingerprint=? AND state IN (?,?,?) "
+            "SELECT id, data FROM jobs WHERE fingerprint=? AND state IN (?,?,?,?) "
             "ORDER BY id DESC LIMIT 1",
-            (fingerprint, *_UNFINISHED),
+            (fingerprint, *_UNFINISHED, JobState.JOB_STATE_FAILED.value),
         )
-        return self._load(rows[0]) if rows else None
+        job = self._load(rows[0]) if rows else None
+        return job if job is not None and (not job.state.is_terminal or job.resumable) else None
 
     # -- committed chunks ---------------------------------------------------------------
     def commit_chunk(

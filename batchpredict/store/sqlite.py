@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from batchpredict.store.base import store_outage
 from batchpredict.store.files import FILES_SCHEMA
 from batchpredict.store.sql import Query, SQLJobStore
 
@@ -50,6 +51,9 @@ CREATE INDEX IF NOT EXISTS jobs_held ON jobs (runs_in, state, owner);
 """
 
 
+_CHECK = "Check that its disk has space and that the file and its folder are writable."
+
+
 class SQLiteJobStore(SQLJobStore):
     _HELD_INDEX = " INDEXED BY jobs_held"
 
@@ -57,28 +61,34 @@ class SQLiteJobStore(SQLJobStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in (_SCHEMA + FILES_SCHEMA).split(";")[:-1]:
-                    self._db.execute(statement)
-                have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
-                for column, fill in _ADDED.items():
-                    if column not in have:
-                        self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
-                        self._db.execute(f"UPDATE jobs SET {column} = {fill}")
-                for statement in _INDEXES.split(";")[:-1]:
-                    self._db.execute(statement)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        try:
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._create_schema()
+        except sqlite3.OperationalError as exc:
+            raise store_outage(str(self.path), exc, _CHECK) from None
+
+    def _create_schema(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in (_SCHEMA + FILES_SCHEMA).split(";")[:-1]:
+                self._db.execute(statement)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, fill in _ADDED.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+                    self._db.execute(f"UPDATE jobs SET {column} = {fill}")
+            for statement in _INDEXES.split(";")[:-1]:
+                self._db.execute(statement)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -86,8 +96,11 @@ class SQLiteJobStore(SQLJobStore):
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
         with self._lock:
-            cur = self._db.execute(sql, args)
-            rows = cur.fetchall()
+            try:
+                cur = self._db.execute(sql, args)
+                rows = cur.fetchall()
+            except sqlite3.OperationalError as exc:  # disk I/O error, read-only, locked, full
+                raise store_outage(str(self.path), exc, _CHECK) from None
             return rows, cur.rowcount
 
     @contextlib.contextmanager
@@ -97,13 +110,20 @@ class SQLiteJobStore(SQLJobStore):
             return cur.fetchall(), cur.rowcount
 
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield q
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield q
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:  # disk I/O error, read-only, locked, full
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise store_outage(str(self.path), exc, _CHECK) from None
 
     def _json_int(self, path: str) -> str:
         return f"COALESCE(json_extract(data, '$.{path}'), 0)"

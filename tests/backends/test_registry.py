@@ -38,7 +38,8 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
     assert backend("gemini-2.0-flash-001") == "openai"
     assert backend("projects/p1/locations/us-central1/models/123") == "python"
     assert backend("llama-3.1-8b") == "openai"
-    assert backend("smollm2-135m") == "local"  # the built-in entries follow
+    assert backend("smollm2-135m") == "onnx"  # the built-in entries follow
+    assert backend("smollm2-135m-transformers") == "local"  # the reference engine
     with pytest.raises(InvalidArgument) as err:
         reg.resolve("mistral-7b")
     assert "Available: publishers/google/models/gemini-2.5-pro" in err.value.message
@@ -50,7 +51,7 @@ def test_names_and_globs_resolve_in_order(tmp_path: Path) -> None:
     [
         ({"name": "m", "backend": "vllm"},
          "models[0] ('m'): backend 'vllm' does not exist. Available backends: gemini, local, "
-         "openai, python, server."),
+         "onnx, openai, python, server."),
         ({"name": "m", "backend": "openai", "base_url": "http://h/v1", "concurrency": "lots"},
          "models[0] ('m'): concurrency must be an integer, got 'lots'."),
         ({"name": "m", "backend": "openai", "base_url": "http://h/v1", "rpm": -1},
@@ -194,7 +195,7 @@ def test_a_python_entry_builds_its_class_with_the_entrys_options(tmp_path: Path)
 def test_no_test_backend_ships_in_the_package() -> None:
     from batchpredict.backends.registry import BACKEND_KINDS
 
-    assert set(BACKEND_KINDS) == {"local", "openai", "gemini", "python", "server"}
+    assert set(BACKEND_KINDS) == {"onnx", "local", "openai", "gemini", "python", "server"}
     assert not list((REPO / "batchpredict").rglob("testing*.py"))
 
 
@@ -212,8 +213,9 @@ def test_models_list_shows_the_registry(run_cli, tmp_path: Path) -> None:
     assert entries[0] == {"name": "llama-*", "backend": "openai", "description": "vLLM box",
                           "settings": "http://127.0.0.1:9/v1, concurrency 64, 600 rpm",
                           "dedupe": True, "pattern": True}
-    assert [e["name"] for e in entries[1:]] == ["smollm2-135m", "SmolLM2-135M-Instruct",
-                                                "gemini-*"]
+    assert [(e["name"], e["backend"]) for e in entries[1:]] == [
+        ("smollm2-135m", "onnx"), ("smollm2-135m-transformers", "local"),
+        ("SmolLM2-135M-Instruct", "onnx"), ("gemini-*", "onnx")]
     table = run_cli("models", "list", env=env)
     assert "llama-*" in table.stdout and "600 rpm" in table.stdout
     bad = write_registry(tmp_path / "bad.toml", {"name": "x", "backend": "openai", "rpm": "9"})

@@ -58,3 +58,22 @@ def test_serve_on_a_port_in_use_says_so(run_cli) -> None:
     assert done.stderr.startswith(f"Error: Cannot listen on 127.0.0.1:{port}: Address already "
                                   "in use. Another program (another `batchpredict serve`?)")
     assert "Traceback" not in done.stderr
+
+
+def test_a_refused_file_uri_is_reported_as_refused_before_the_model_s_modalities(
+    run_cli, tmp_path: Path
+) -> None:
+    """On the text-only embedded model, a fileData URI outside BATCHPREDICT_MEDIA_ROOTS says
+    what is wrong (not an allowed root) and how to fix it, not "use a model that takes..."."""
+    part = {"fileData": {"fileUri": "/srv/notes.txt", "mimeType": "text/plain"}}
+    src = write_jsonl(tmp_path / "in.jsonl", [{"request": {"contents": [
+        {"role": "user", "parts": [part]}]}}])
+    done = run_cli("run", str(src), "--output", str(tmp_path / "out"), "-q")
+    assert done.returncode == EXIT["job failed"], done.stderr
+    [line] = [orjson.loads(x) for x in next((tmp_path / "out").glob(
+        "prediction-model-*/predictions.jsonl")).read_bytes().splitlines()]
+    assert line["status"] == (
+        'Bad Request: {"error": {"code": 400, "message": "fileData.fileUri \'/srv/notes.txt\' is '
+        "not allowed: reading local files is off. Set BATCHPREDICT_MEDIA_ROOTS to the folders "
+        'that fileData may read, or upload the file to gs:// or s3://.", "status": '
+        '"INVALID_ARGUMENT"}}')

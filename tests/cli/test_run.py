@@ -115,7 +115,7 @@ def test_successful_line_has_the_contract_shape(job: dict) -> None:
     assert cand["content"]["parts"][0]["text"].strip()
     assert cand["finishReason"] in ("STOP", "MAX_TOKENS")
     assert isinstance(cand["avgLogprobs"], float) and cand["avgLogprobs"] < 0
-    assert response["modelVersion"] == "SmolLM2-135M-Instruct"
+    assert response["modelVersion"] == "SmolLM2-135M-Instruct-onnx-int4"  # the default engine
     usage = response["usageMetadata"]
     assert usage["promptTokenCount"] > 5
     assert 1 <= usage["candidatesTokenCount"] <= 8

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from batchpredict import bounded_io, runner
+from batchpredict import bounded_io
+from batchpredict import input as job_input
 from tests.conftest import text_request, write_jsonl
 from tests.security.conftest import Tenants, assert_refused, tenants_setup
 from tests.server.conftest import http
@@ -88,7 +89,7 @@ def test_a_job_stuck_reading_its_input_can_be_cancelled(tenants: Tenants,
         return SlowFile(30, gone) if path == str(slow) else real_open(path)
 
     monkeypatch.setattr(bounded_io, "open_regular_file", open_slowly)
-    monkeypatch.setattr(runner, "RECOUNT_SECONDS", 0.5)
+    monkeypatch.setattr(job_input, "RECOUNT_SECONDS", 0.5)
     try:
         job = t.create("a", str(slow), t.a_out).json
         t.server.wait(job, token="tok-a", until=lambda j: j["state"] == "JOB_STATE_RUNNING")

@@ -9,7 +9,7 @@ import google.auth.exceptions as gauth
 import pytest
 from gcsfs.retry import HttpError
 
-from batchpredict.errors import FailedPrecondition, InvalidArgument, NotFound
+from batchpredict.errors import FailedPrecondition, InvalidArgument, NotFound, Outage
 from batchpredict.storage import translate_error
 from batchpredict.storage.filesystems import CREDENTIAL_ERRORS
 
@@ -65,7 +65,15 @@ def test_missing_objects_are_not_found() -> None:
     )
 
 
-def test_anything_else_is_named_with_its_type() -> None:
+def test_a_server_error_is_an_outage_to_wait_out() -> None:
     err = translate_error("gs://b/k", HttpError({"code": 500, "message": "backend error"}))
+    assert isinstance(err, Outage) and err.resource == "gs://b/k"
+    assert err.message == (
+        "The storage of gs://b/k answered HTTP 500 (HttpError: backend error, 500). Check that "
+        "the storage service is up and reachable from this machine.")
+
+
+def test_anything_else_is_named_with_its_type() -> None:
+    err = translate_error("gs://b/k", ValueError("Bad Request: b/k"))
     assert isinstance(err, InvalidArgument)
-    assert err.message == "Cannot access gs://b/k: HttpError: backend error, 500"
+    assert err.message == "Cannot access gs://b/k: ValueError: Bad Request: b/k"

@@ -14,6 +14,7 @@ from batchpredict.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Outage,
 )
 
 
@@ -136,7 +137,7 @@ def test_filesystems_are_cached_per_configuration(monkeypatch: pytest.MonkeyPatc
         (PermissionError("AccessDenied"), InvalidArgument, "Permission denied"),
         (OSError("Forbidden: b/k\nno access"), InvalidArgument, "Permission denied"),
         (ValueError("Bad Request: b/k"), InvalidArgument, "Cannot access"),
-        (TimeoutError(), InvalidArgument, "TimeoutError"),
+        (TimeoutError(), Outage, "cannot be reached (TimeoutError)"),  # waited out
         (RuntimeError("boom"), InvalidArgument, "Cannot access"),
     ],
 )

@@ -10,6 +10,8 @@ methods (`Authorization: Bearer TOKEN`, `x-goog-api-key` or `?key=`).
     GET  /batchpredict/v1/{job}/predictions.jsonl the job's output so far (download)
     GET  /batchpredict/v1/{job}/failedRows        the first failed output lines, with `status`
     GET  /batchpredict/v1/{job}/progressHistory   samples of its committed counts over time
+    POST /batchpredict/v1/{job}:resume            run a job FAILED by its store, storage or disk
+                                                  on from its committed rows
 
 where {job} is projects/{p}/locations/{l}/batchPredictionJobs/{id}, the job's `name`.
 """
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from batchpredict.errors import NotFound
 from batchpredict.jobs import Job, format_time
 from batchpredict.output import OutputReader
+from batchpredict.server.vertex.resource import job_resource
 from batchpredict.server.vertex.routes import JSONResponse, express_scope, vertex_scope
 from batchpredict.service import JobService, Scope, parse_job_id
 
@@ -189,6 +192,17 @@ async def progress_history(request: Request, job_id: str, scope: JobScope) -> Re
         for t, done, tokens in job.progress_history
     ]
     return JSONResponse({"samples": samples})
+
+
+@router.post(JOB_PATH + ":resume", response_model=None)
+async def resume_job(request: Request, job_id: str, scope: JobScope) -> Response:
+    """Resume a job that FAILED because of its job store, storage or disk (its `error` says
+    `"resumable": true`): it goes back to JOB_STATE_RUNNING and runs on from its committed
+    rows, which are never sent to the model again; predictions.jsonl is assembled once, when
+    it ends. Replies with the job. 400 FAILED_PRECONDITION for any other job (one that failed
+    because of its input would fail the same way again)."""
+    job = await _service(request).resume(scope, parse_job_id(job_id))
+    return JSONResponse(job_resource(job))
 
 
 def _no_predictions_message(job: Job) -> str:

@@ -1,11 +1,13 @@
 """The BatchPredictionJob resource as Vertex renders it: the one place a `Job` becomes Vertex JSON.
 
-int64 counts are strings and times RFC 3339, as in Vertex's REST API. Two fields are ours alone,
-`progress` (total, done and token counts) and `face` (the API the job came through: vertex,
-openai, gemini or cli): the google-genai SDK ignores them; progress bars and the console need
-them. Every count is of committed rows (their chunk is durably written), so `completionStats` and
-`progress` always agree, follow the job as its chunks commit, and never go backwards, whichever
-process or replica answers.
+int64 counts are strings and times RFC 3339, as in Vertex's REST API. Two fields are ours alone:
+`face` (the API the job came through: vertex, openai, gemini or cli) and `progress` (total, done
+and token counts, and while the job waits out an outage of its store, storage or disk,
+`waitingFor`, `waitingSince` and `waitingReason`): the google-genai SDK ignores them; progress
+bars and the console need them. A job FAILED by such an outage says so in its `error`
+(`"resumable": true`): `:resume` runs it on from its committed rows. Every count is of committed
+rows (their chunk is durably written), so `completionStats` and `progress` always agree, follow
+the job as its chunks commit, and never go backwards, whichever process or replica answers.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def job_resource(job: Job) -> dict[str, Any]:
         "candidatesTokenCount": str(job.counts.candidates_tokens),
         "totalTokenCount": str(job.counts.total_tokens),
     }
+    if job.waiting_for:
+        out["progress"].update(waitingFor=job.waiting_for, waitingReason=job.waiting_reason,
+                               waitingSince=format_time(job.waiting_since))
     return out
 
 
@@ -98,6 +103,9 @@ def job_from_resource(data: dict[str, Any]) -> Job:
         total_rows=int(total) if total else None,
         model_version=data.get("modelVersionId"),
         face=Face(data.get("face") or Face.VERTEX),
+        waiting_for=progress.get("waitingFor"),
+        waiting_since=parse_time(progress.get("waitingSince")),
+        waiting_reason=progress.get("waitingReason"),
     )
     if info.get("bigqueryOutputTable"):
         job.output_table = f"{info.get('bigqueryOutputDataset')}.{info['bigqueryOutputTable']}"

@@ -67,6 +67,7 @@ export function detailView(root, name) {
     download: `job-${jobId(name)}-predictions.jsonl`, hidden: true,
   }, "Download predictions.jsonl");
   const cancelButton = h("button", { type: "button", class: "danger", id: "cancel-job", hidden: true }, "Cancel job");
+  const resumeButton = h("button", { type: "button", id: "resume-job", hidden: true }, "Resume job");
   const deleteButton = h("button", { type: "button", class: "danger", id: "delete-job", hidden: true }, "Delete job");
   const errorEl = h("div");
   const partialEl = h("section", { class: "panel", id: "partial-failures", "aria-labelledby": "partial-title", hidden: true });
@@ -85,7 +86,7 @@ export function detailView(root, name) {
     h("div", { class: "crumbs" }, h("a", { href: "/console/", "data-link": true }, "Jobs"), " › ", jobId(name)),
     h("div", { class: "page-head" },
       h("div", {}, h("div", { class: "title-row" }, title, badge), sub),
-      h("div", { class: "actions" }, downloadLink, cancelButton, deleteButton)),
+      h("div", { class: "actions" }, downloadLink, resumeButton, cancelButton, deleteButton)),
     errorEl,
     partialEl,
     progressEl,
@@ -116,6 +117,14 @@ export function detailView(root, name) {
       refresh();
     } catch (err) { toast(err.message, "error"); }
   });
+  // A job FAILED by its store, storage or disk (error.resumable) runs on from its committed rows.
+  resumeButton.addEventListener("click", async () => {
+    try {
+      job = await api(`/batchpredict/v1/${name}:resume`, { method: "POST", json: {} });
+      toast("Resumed: the job runs on from its committed rows.");
+      refresh();
+    } catch (err) { toast(err.message, "error"); }
+  });
   deleteButton.addEventListener("click", async () => {
     const ok = await confirmDialog(`Delete “${job.displayName}”?`,
       "The job's record goes; its output files stay where they are.", "Delete job");
@@ -134,16 +143,24 @@ export function detailView(root, name) {
     replace(badge, stateBadge(job.state));
     const active = isActive(job.state);
     cancelButton.hidden = !["JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_QUEUED"].includes(job.state);
+    resumeButton.hidden = !(job.state === "JOB_STATE_FAILED" && job.error && job.error.resumable);
     deleteButton.hidden = active;
     // Only lines already committed are in the output: none, and there is nothing to download.
     const c = jobCounts(job);
     downloadLink.hidden = !(job.outputInfo && job.outputInfo.gcsOutputDirectory) ||
       !job.completionStats || c.succeeded + c.failed === 0;
     downloadLink.textContent = active ? "Download rows so far" : "Download predictions.jsonl";
+    const waiting = job.progress && job.progress.waitingFor;
     if (job.error && job.error.message) {
       const kind = job.state === "JOB_STATE_CANCELLED" ? "info" : "error";
       replace(errorEl, h("div", { class: `callout ${kind}`, role: kind === "error" ? "alert" : null, id: "job-error" },
         h("p", {}, job.error.message)));
+    } else if (waiting && isActive(job.state)) {
+      // riding out an outage of its store, storage or disk: "waiting for gs://... since 12:03"
+      const at = new Date(job.progress.waitingSince).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      replace(errorEl, h("div", { class: "callout info", role: "status", id: "job-waiting" },
+        h("p", {}, `Waiting for ${waiting} since ${at}`),
+        job.progress.waitingReason ? h("p", { class: "muted small" }, job.progress.waitingReason) : null));
     } else {
       errorEl.replaceChildren();
     }
