@@ -110,7 +110,7 @@ def measure(mode: str, rows: int) -> dict[str, object]:
         if mode == "bare":
             bare_loop(src, tmpdir / "out.jsonl")
         else:
-            extra = runner(src, tmpdir / "out", tmpdir)
+            extra = runner(src, tmpdir / "out", tmpdir / "data")
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
