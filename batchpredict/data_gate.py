@@ -226,11 +226,18 @@ class DataGate:
 
 
 def _file_uris(request: GenerateContentRequest) -> list[str]:
-    contents = list(request.contents)
+    """The request's fileData URIs (on every row's path: plain loops, no lists built for a
+    request without any)."""
+    found: list[str] = []
+    for content in request.contents:
+        for part in content.parts:
+            if part.file_data is not None:
+                found.append(part.file_data.file_uri)
     if request.system_instruction is not None:
-        contents.append(request.system_instruction)
-    return [part.file_data.file_uri for content in contents for part in content.parts
-            if part.file_data is not None]
+        for part in request.system_instruction.parts:
+            if part.file_data is not None:
+                found.append(part.file_data.file_uri)
+    return found
 
 
 class ProjectScopedBackend(Backend):

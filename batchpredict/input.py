@@ -121,9 +121,12 @@ _TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 def _echo(raw: msgspec.Raw) -> orjson.Fragment:
     """A value echoed on output as it came, whitespace removed (orjson writes it unparsed)."""
     data = bytes(raw)
-    if data[:1] in (b"{", b"["):  # only objects and arrays can hold whitespace between tokens
+    if data[0] in _OPEN:  # only objects and arrays can hold whitespace between tokens
         data = msgspec.json.format(data, indent=-1)
     return orjson.Fragment(data)
+
+
+_OPEN = frozenset(b"{[")
 
 
 def parse_valid_line(index: int, raw: bytes) -> Row | None:
@@ -136,8 +139,8 @@ def parse_valid_line(index: int, raw: bytes) -> Row | None:
         parsed = parse_request_json(request)
     except Exception:  # not JSON, no request, an invalid one
         return None
-    extras = {key: _echo(value) for key, value in top.items()} or None
-    return Row(index, extras, _echo(request), parsed=parsed)
+    return Row(index, {key: _echo(value) for key, value in top.items()} if top else None,
+               _echo(request), parsed)
 
 
 def parse_line(index: int, raw: bytes, where: str, codec: LineCodec | None = None) -> Row:

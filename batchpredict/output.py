@@ -244,11 +244,7 @@ class ChunkedOutput:
         every = self.chunks()
         chunks = sorted(chunks, key=lambda c: c.first) if chunks is not None else self.written()
         if not storage.exists(self.predictions_uri):
-            with storage.open_atomic_writer(self.predictions_uri) as out:
-                for chunk in chunks:
-                    with storage.open_read(chunk.uri) as f:
-                        while block := f.read(4 * 1024 * 1024):
-                            out.write(block)
+            storage.concat([chunk.uri for chunk in chunks], self.predictions_uri)
         # predictions.jsonl is whole: every chunk object goes (a lost worker's too)
         for chunk in reversed(every):
             storage.remove(chunk.uri)

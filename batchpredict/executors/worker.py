@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import heapq
 import itertools
 import logging
@@ -50,6 +51,21 @@ log = logging.getLogger(__name__)
 #: Answered-row reports (progress bars) at most this often per range (`WorkerSpec` stretches
 #: it for many workers, so the driver takes in a bounded number of reports a second).
 PROGRESS_SECONDS = 0.25
+
+
+_gc_settled = False
+
+
+def settle_gc() -> None:
+    """Once per process, as its first worker starts: what is alive by then (imported modules,
+    the loaded model, the server's app) leaves the garbage collector's reach (`gc.freeze`).
+    A job makes millions of short-lived rows, and each full collection they trigger would
+    otherwise walk every one of those long-lived objects too (1-2 µs a row,
+    bench/README.md). Frozen objects are still freed by reference counting."""
+    global _gc_settled
+    if not _gc_settled:
+        _gc_settled = True
+        gc.freeze()
 
 
 def scoped(backend: Backend, spec: WorkerSpec) -> Backend:
@@ -136,25 +152,31 @@ class _RangeRun:
         return tuple((i, self.failures.pop(i)) for i in found)
 
     def deliver(self, rows: list[Row], results: list[Any], when: str) -> None:
-        """Output lines for answered rows (in row order), into the buffer as runs."""
+        """Output lines for answered rows (in row order), into the buffer as runs (every row's
+        path: local names, counts summed in plain ints)."""
+        success_line, error_line = self.codec.success_line, self.codec.error_line
         first = rows[0].index
         lines: list[bytes] = []
-        counts = RowCounts()
+        ok = failed = prompt = output_tokens = 0
         for row, result in zip(rows, results, strict=True):
             if row.index != first + len(lines):  # rows missing between (error rows): a new run
-                self.buffer.add_run(first, lines, counts)
-                self.answered.add(counts)
-                first, lines, counts = row.index, [], RowCounts()
+                self._add_run(first, lines, RowCounts(ok, failed, prompt, output_tokens))
+                first, lines = row.index, []
+                ok = failed = prompt = output_tokens = 0
             if isinstance(result, BatchPredictError):
-                lines.append(self.codec.error_line(row.extras, row.request, result, when))
-                counts.failed += 1
+                lines.append(error_line(row.extras, row.request, result, when))
+                failed += 1
                 self._failed(row.index, result)
                 continue
-            usage = result.get("usageMetadata") or {}
-            counts.prompt_tokens += int(usage.get("promptTokenCount") or 0)
-            counts.candidates_tokens += int(usage.get("candidatesTokenCount") or 0)
-            counts.succeeded += 1
-            lines.append(self.codec.success_line(row.extras, row.request, result, when))
+            usage = result.get("usageMetadata")
+            if usage:
+                prompt += int(usage.get("promptTokenCount") or 0)
+                output_tokens += int(usage.get("candidatesTokenCount") or 0)
+            ok += 1
+            lines.append(success_line(row.extras, row.request, result, when))
+        self._add_run(first, lines, RowCounts(ok, failed, prompt, output_tokens))
+
+    def _add_run(self, first: int, lines: list[bytes], counts: RowCounts) -> None:
         self.buffer.add_run(first, lines, counts)
         self.answered.add(counts)
 
@@ -181,6 +203,7 @@ class RangeWorker:
         self.stopping = asyncio.Event()
         #: set with `stopping`: range reads stuck on slow storage stop at their next read
         self.stop_reading = threading.Event()
+        settle_gc()
 
     @classmethod
     def for_spec(cls, backend: Backend, spec: WorkerSpec,

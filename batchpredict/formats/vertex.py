@@ -15,6 +15,8 @@ from batchpredict.schema import parse_request
 
 __all__ = ["VertexLines", "decode_request_line"]
 
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
+
 
 def decode_request_line(obj: dict[str, Any], where: str, example: str) -> Decoded:
     """A line holding its GenerateContentRequest under `request`; every other field is echoed."""
@@ -40,12 +42,11 @@ class VertexLines(LineCodec):
 
     def success_line(self, extras: dict[str, Any] | None, request: Any,
                      response: dict[str, Any], when: str) -> bytes:
-        line: dict[str, Any] = dict(extras) if extras else {}
-        line["status"] = ""
-        line["processed_time"] = when
-        line["request"] = request
-        line["response"] = response
-        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+        if extras:
+            return orjson.dumps({**extras, "status": "", "processed_time": when,
+                                 "request": request, "response": response}, option=_NEWLINE)
+        return orjson.dumps({"status": "", "processed_time": when, "request": request,
+                             "response": response}, option=_NEWLINE)
 
     def error_line(self, extras: dict[str, Any] | None, request: Any,
                    error: BatchPredictError, when: str) -> bytes:
