@@ -15,7 +15,7 @@ keeps C requests in flight (the registry entry's `concurrency`), so W workers sh
 W * C / L rows/s. Ray with 1 and with 2 actors.
 
     python bench/scale_out.py                       # both parts, the default sizes
-    python bench/scale_out.py --part throughput --rows 1000000
+    python bench/scale_out.py --part throughput --rows 1000000 --rounds 5
     python bench/scale_out.py --part latency --latency-rows 6400
 
 Prints one JSON line per measurement, then markdown tables.
@@ -147,20 +147,37 @@ def in_child(*args: str) -> dict[str, Any]:
     return dict(result)
 
 
-def throughput(rows_list: list[int]) -> None:
+MODES = (("bare", 1), ("local", 1), ("processes", 2), ("ray", 2))
+
+
+def throughput(rows_list: list[int], rounds: int) -> None:
+    """`rounds` rounds of every mode, one after another, so each executor's ratio is taken
+    against the bare loop of its own round (a shared machine's speed drifts by tens of percent
+    within minutes); the table gives the median round and the spread."""
     results = []
     for rows in rows_list:
-        for mode, workers in (("bare", 1), ("local", 1), ("processes", 2), ("ray", 2)):
-            results.append(in_child("throughput", mode, str(rows), str(workers)))
-    print("\n| rows | executor | rows/s | / bare | CPU s | driver peak MB | worker peak MB |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+        for number in range(rounds):
+            for mode, workers in MODES:
+                results.append({**in_child("throughput", mode, str(rows), str(workers)),
+                                "round": number})
+    print(f"\nMedian of {rounds} rounds (ratio: rows/s over the same round's bare loop)")
+    print("| rows | executor | rows/s | / bare (median) | / bare (each round) | CPU s "
+          "| driver peak MB | worker peak MB |")
+    print("|---:|---|---:|---:|---|---:|---:|---:|")
     for rows in rows_list:
         mine = [r for r in results if r["rows"] == rows]
-        bare = next(r for r in mine if r["mode"] == "bare")["rows_per_s"]
-        for r in mine:
-            name = r["mode"] if r["mode"] in ("bare", "local") else f"{r['mode']} x{r['workers']}"
-            print(f"| {rows:,} | {name} | {r['rows_per_s']:,} | {r['rows_per_s'] / bare:.2f} | "
-                  f"{r['cpu_s']} | {r['driver_peak_mb']} | {r['worker_peak_mb']} |")
+        bare = {r["round"]: r["rows_per_s"] for r in mine if r["mode"] == "bare"}
+        for mode, workers in MODES:
+            runs = sorted((r for r in mine if r["mode"] == mode),
+                          key=lambda r: r["rows_per_s"] / bare[r["round"]])
+            mid = runs[len(runs) // 2]
+            ratios = ", ".join(f"{r['rows_per_s'] / bare[r['round']]:.2f}"
+                               for r in sorted(runs, key=lambda r: r["round"]))
+            name = mode if mode in ("bare", "local") else f"{mode} x{workers}"
+            kids = mid["worker_peak_mb"] if mode == "processes" else ""
+            print(f"| {rows:,} | {name} | {mid['rows_per_s']:,} | "
+                  f"{mid['rows_per_s'] / bare[mid['round']]:.2f} | {ratios} | {mid['cpu_s']} | "
+                  f"{mid['driver_peak_mb']} | {kids} |")
 
 
 def latency(rows: int, latency_s: float, concurrency: int, chunk_rows: int) -> None:
@@ -202,13 +219,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=["throughput", "latency", "both"], default="both")
     parser.add_argument("--rows", type=int, action="append")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-rows", type=int, default=6400)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency-chunk-rows", type=int, default=200)
     args = parser.parse_args()
     if args.part in ("throughput", "both"):
-        throughput(args.rows or [200_000, 1_000_000])
+        throughput(args.rows or [200_000, 1_000_000], args.rounds)
     if args.part in ("latency", "both"):
         latency(args.latency_rows, args.latency, args.concurrency, args.latency_chunk_rows)
 
