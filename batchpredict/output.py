@@ -18,9 +18,12 @@ chunks in row order into `predictions.jsonl`, written atomically, and removes ev
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +32,7 @@ from typing import Any
 import orjson
 
 from batchpredict import storage
-from batchpredict.errors import BatchPredictError, NotFound
+from batchpredict.errors import NotFound
 from batchpredict.formats import LineCodec, codec_for
 from batchpredict.formats.vertex import VertexLines
 from batchpredict.jobs import Job, LineFormat, RowCounts
@@ -37,21 +40,21 @@ from batchpredict.jobs import Job, LineFormat, RowCounts
 __all__ = [
     "Chunk",
     "ChunkedOutput",
+    "EarlyAssembly",
     "OrderedChunkBuffer",
     "OutputPart",
     "OutputReader",
-    "error_line",
     "job_output",
     "make_output_dir",
     "processed_time",
-    "success_line",
 ]
 
 PREDICTIONS = "predictions.jsonl"
 INCREMENTAL = "incremental_predictions"
 _CHUNK_RE = re.compile(r"predictions_(\d{12})-(\d{12})\.jsonl$")
-#: A local chunk's temporary file (storage.atomic), left behind by a writer killed mid-write.
-_STALE_TMP_RE = re.compile(r"predictions_\d{12}-\d{12}\.jsonl\.tmp-[0-9a-f]{8}$")
+#: A local chunk's temporary file (storage.atomic), or predictions.jsonl put together early
+#: (`EarlyAssembly`), left behind by a writer or driver killed mid-write.
+_STALE_TMP_RE = re.compile(r"predictions(_\d{12}-\d{12})?\.jsonl\.tmp-[0-9a-f]{8}$")
 _VERTEX = VertexLines()
 #: Which output lines a reader gives: every line, or those of succeeded or of failed rows.
 OutputPart = str
@@ -78,19 +81,6 @@ def processed_time() -> str:
         _stamp[0] = ms
         _stamp[1] = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
     return _stamp[1]  # type: ignore[no-any-return]
-
-
-def success_line(
-    extras: dict[str, Any] | None, request: Any, response: dict[str, Any], when: str
-) -> bytes:
-    """A Vertex output line (other formats: `formats.codec_for(fmt).success_line`)."""
-    return _VERTEX.success_line(extras, request, response, when)
-
-
-def error_line(
-    extras: dict[str, Any] | None, request: Any, error: BatchPredictError, when: str
-) -> bytes:
-    return _VERTEX.error_line(extras, request, error, when)
 
 
 #: A run of consecutive rows ready to be one chunk: (first row, lines, their counts).
@@ -166,6 +156,74 @@ class Chunk:
         return self.last - self.first + 1
 
 
+log = logging.getLogger(__name__)
+#: An early-assembled predictions.jsonl is synced to disk every this many bytes.
+_SYNC_BYTES = 64 * 1024 * 1024
+
+
+class EarlyAssembly:
+    """predictions.jsonl put together while a job runs (local output): each committed chunk
+    that continues the gap-free run from row 0 is appended to a temporary file beside the
+    chunks, in the kernel, so the final assembly only syncs and renames it (the chunks stay
+    until then: they are the truth). Only an optimisation: an error here abandons it, and
+    `ChunkedOutput.assemble` copies every chunk as before."""
+
+    def __init__(self, incremental_dir: str) -> None:
+        self.path = os.path.join(incremental_dir, f"{PREDICTIONS}.tmp-{uuid.uuid4().hex[:8]}")
+        self.file: Any = None
+        #: The chunks appended, in row order; rows 0..next_row-1.
+        self.uris: list[str] = []
+        self.next_row = 0
+        self.broken = False
+        #: Bytes of the file already on disk (synced as it grows).
+        self.synced = 0
+
+    def extend(self, chunks: list[Chunk]) -> None:
+        """Append the chunks (in row order) that continue the run; stop at the first gap."""
+        try:
+            for chunk in chunks:
+                if self.broken or chunk.first > self.next_row:
+                    return
+                if chunk.first < self.next_row:
+                    continue
+                if self.file is None:
+                    self.file = open(self.path, "xb")  # open until `finish`
+                storage.append(chunk.uri, self.file, kernel=True)
+                self.uris.append(chunk.uri)
+                self.next_row = chunk.last + 1
+            if self.file is not None and self.file.tell() - self.synced >= _SYNC_BYTES:
+                os.fdatasync(self.file.fileno())  # here, not all at the end of the job
+                self.synced = self.file.tell()
+        except Exception as exc:  # an optimisation only: assemble copies every chunk instead
+            log.warning("Putting predictions.jsonl together early stopped (%s); it will be "
+                        "put together at the end", exc)
+            self.discard()
+
+    def finish(self, chunks: list[Chunk], uri: str) -> bool:
+        """Rename the file to `uri` if it holds exactly `chunks`; True when it did."""
+        self.extend(chunks)
+        if self.broken or self.file is None or self.uris != [c.uri for c in chunks]:
+            self.discard()
+            return False
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.path, uri)
+        except OSError:
+            self.discard()
+            return False
+        return True
+
+    def discard(self) -> None:
+        self.broken = True
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
 class ChunkedOutput:
     """One job's output directory."""
 
@@ -176,6 +234,21 @@ class ChunkedOutput:
         self.output_dir = output_dir
         self.incremental_dir = storage.join(output_dir, INCREMENTAL)
         self.predictions_uri = storage.join(output_dir, PREDICTIONS)
+        self.early: EarlyAssembly | None = None
+
+    @property
+    def assembles_early(self) -> bool:
+        """Whether `assemble_early` puts predictions.jsonl together as the job runs: for local
+        output (object stores have no append)."""
+        return not self.publishes and storage.is_local(self.output_dir)
+
+    def assemble_early(self, chunks: list[Chunk]) -> None:
+        """Committed chunks, in row order, that continue the gap-free run from row 0, appended
+        to predictions.jsonl's temporary file (blocking; see `EarlyAssembly`)."""
+        if self.assembles_early:
+            if self.early is None:
+                self.early = EarlyAssembly(self.incremental_dir)
+            self.early.extend(chunks)
 
     def chunk_uri(self, first: int, last: int) -> str:
         return storage.join(self.incremental_dir, f"predictions_{first:012d}-{last:012d}.jsonl")
@@ -244,7 +317,14 @@ class ChunkedOutput:
         every = self.chunks()
         chunks = sorted(chunks, key=lambda c: c.first) if chunks is not None else self.written()
         if not storage.exists(self.predictions_uri):
-            storage.concat([chunk.uri for chunk in chunks], self.predictions_uri)
+            if self.assembles_early:
+                self.assemble_early([])  # (started, if it was not)
+            early, self.early = self.early, None
+            if early is None or not early.finish(chunks, self.predictions_uri):
+                storage.concat([chunk.uri for chunk in chunks], self.predictions_uri)
+        elif self.early is not None:
+            self.early.discard()
+            self.early = None
         # predictions.jsonl is whole: every chunk object goes (a lost worker's too)
         for chunk in reversed(every):
             storage.remove(chunk.uri)

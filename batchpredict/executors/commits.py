@@ -11,12 +11,17 @@
     publish     a job that writes a BigQuery table (`bigquery.publish.TableOutput`): as the
                 committed rows without a gap from row 0 grow, their lines go to the table, in
                 row order; the rest when the job ends (`TableOutput.assemble`)
+    assemble_early
+                local output: as that gap-free run grows, its chunks are appended to
+                predictions.jsonl's temporary file (`output.EarlyAssembly`), so the job's end
+                only renames it
 
 Only the driver (runner.py) commits; workers only write chunk objects and report them.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import deque
 from typing import Any
@@ -64,6 +69,8 @@ class Commits:
         self.pending: deque[ChunkDone] = deque()
         #: Rows 0..published-1 were handed to the output table.
         self.published = 0
+        #: Rows 0..assembled-1 were appended to predictions.jsonl's temporary file.
+        self.assembled = 0
 
     def reconcile(self, job: Job) -> None:
         """The store's committed chunks, made to agree with the chunk objects; the job's counts
@@ -138,7 +145,23 @@ class Commits:
                 return False
         if self.out.publishes and self.committed.prefix > self.published:
             await bounded_io.run_io(self.publish, pool=bounded_io.JOB_POOL)
+        if self.out.assembles_early and self.committed.prefix > self.assembled:
+            await bounded_io.run_io(self.assemble_early, pool=bounded_io.JOB_POOL)
         return True
+
+    def assemble_early(self) -> None:
+        """The committed chunks past `assembled` and without a gap from row 0, onto
+        predictions.jsonl's temporary file (local output; blocking), so the end of the job only
+        renames it."""
+        intervals, prefix = self.committed.intervals, self.committed.prefix
+        i = bisect.bisect_left(intervals, (self.assembled, -1))
+        chunks = []
+        while i < len(intervals) and intervals[i][0] < prefix:
+            first, last = intervals[i]
+            chunks.append(output.Chunk(first, last, self.out.chunk_uri(first, last)))
+            i += 1
+        self.out.assemble_early(chunks)
+        self.assembled = prefix
 
     def chunks(self) -> list[output.Chunk]:
         """The committed chunks, in row order."""

@@ -5,13 +5,13 @@ s3:// and memory://.
     filesystems.py  cached filesystems with each store's standard credentials, and
                     translate_error: the one place a storage client's exception becomes ours
     files.py        expand_inputs, open_read, list_files, remove, check_output_writable
-    atomic.py       write_atomic / open_atomic_writer / concat: readers never see half an
-                    object
+    atomic.py       write_atomic / open_atomic_writer / concat / append: readers never
+                    see half an object
 
 Every message names the URI and what to do.
 """
 
-from batchpredict.storage.atomic import concat, open_atomic_writer, write_atomic
+from batchpredict.storage.atomic import append, concat, open_atomic_writer, write_atomic
 from batchpredict.storage.files import (
     check_output_writable,
     exists,
@@ -33,6 +33,7 @@ from batchpredict.storage.uris import SUPPORTED_SCHEMES, check_uri, is_local, jo
 
 __all__ = [
     "SUPPORTED_SCHEMES",
+    "append",
     "check_output_writable",
     "check_uri",
     "clear_filesystem_cache",

@@ -20,6 +20,7 @@ from batchpredict.storage.filesystems import filesystem, translate_error
 from batchpredict.storage.uris import is_local, scheme_of
 
 __all__ = [
+    "append",
     "concat",
     "open_atomic_writer",
     "write_atomic",
@@ -113,17 +114,23 @@ def open_atomic_writer(uri: str) -> Iterator[IO[bytes]]:
 
 
 def concat(sources: list[str], uri: str) -> None:
-    """Write `uri` atomically as `sources` one after another. Local to local, the kernel
-    copies (os.copy_file_range: no bytes pass through Python); otherwise 4 MiB blocks."""
-    from batchpredict.storage.files import open_read
-
+    """Write `uri` atomically as `sources` one after another (`append`)."""
     with open_atomic_writer(uri) as out:
         for source in sources:
-            with open_read(source) as f:
-                if is_local(uri) and is_local(source) and _kernel_copy(f, out):
-                    continue
-                while block := f.read(4 * 1024 * 1024):
-                    out.write(block)
+            append(source, out, kernel=is_local(uri))
+
+
+def append(source: str, out: IO[bytes], kernel: bool = False) -> None:
+    """The bytes of `source` onto the end of `out`. With `kernel` (`out` is a local file) and a
+    local `source`, the kernel copies them (os.copy_file_range: no bytes pass through Python);
+    otherwise 4 MiB blocks."""
+    from batchpredict.storage.files import open_read
+
+    with open_read(source) as f:
+        if kernel and is_local(source) and _kernel_copy(f, out):
+            return
+        while block := f.read(4 * 1024 * 1024):
+            out.write(block)
 
 
 def _kernel_copy(src: IO[bytes], dst: IO[bytes]) -> bool:

@@ -259,7 +259,9 @@ async def test_temporary_files_of_a_killed_chunk_writer_are_cleaned_on_resume(
     incremental.mkdir(parents=True)
     stale = incremental / "predictions_000000000000-000000000004.jsonl.tmp-0a1b2c3d"
     stale.write_bytes(b'{"half": ')
+    early = incremental / "predictions.jsonl.tmp-0badf00d"  # a driver's, put together early
+    early.write_bytes(b'{"key": 0}\n')
     done = await service.scheduler.run_here(job.id)
     assert done.state == S.JOB_STATE_SUCCEEDED
-    assert not stale.exists() and not incremental.exists()
+    assert not stale.exists() and not early.exists() and not incremental.exists()
     assert [line["key"] for line in read_predictions(tmp_path / "out")] == list(range(10))
