@@ -143,12 +143,14 @@ def parse_valid_line(index: int, raw: bytes) -> Row | None:
                _echo(request), parsed)
 
 
-def parse_line(index: int, raw: bytes, where: str, codec: LineCodec | None = None) -> Row:
-    """One input line as a Row (`where` names the line in error messages). Vertex's valid lines
-    take the fast path; other formats, and bad lines, their codec's `decode`."""
+def parse_line(index: int, raw: bytes, number: int, name: str,
+               codec: LineCodec | None = None) -> Row:
+    """Line `number` of `name` as a Row. Vertex's valid lines take the fast path; other
+    formats, and bad lines, their codec's `decode` (and only they word where the line is)."""
     codec = codec or _VERTEX
     if codec.format == LineFormat.VERTEX and (row := parse_valid_line(index, raw)) is not None:
         return row
+    where = f"Line {number} of {name}"
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -194,7 +196,7 @@ def file_rows(
         elif raw is None:
             yield number, size, too_long(index, number, name, size, max_line_bytes)
         else:
-            yield number, size, parse_line(index, raw, f"Line {number} of {name}", codec)
+            yield number, size, parse_line(index, raw, number, name, codec)
         index += 1
 
 

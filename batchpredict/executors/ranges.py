@@ -35,8 +35,7 @@ from batchpredict.bigquery import tables
 from batchpredict.bigquery.client import ROW_CALLS
 from batchpredict.errors import InvalidArgument
 from batchpredict.formats import LineCodec, codec_for
-from batchpredict.input import Row, file_rows, parse_line, parse_valid_line, too_long
-from batchpredict.jobs import LineFormat
+from batchpredict.input import Row, file_rows, parse_line, too_long
 
 __all__ = [
     "MAX_RANGE_BYTES", "CommittedRows", "Range", "open_range", "plan_ranges", "read_range",
@@ -295,7 +294,6 @@ def _rows_in(data: bytes, rng: Range, max_line_bytes: int, codec: LineCodec) -> 
     """`file_rows` over bytes in memory, flattened into one loop (the workers' hot path):
     the same rows, numbers and error messages."""
     index, number, skip, name = rng.first_row, rng.first_line - 1, rng.skip, rng.uri
-    fast = parse_valid_line if codec.format == LineFormat.VERTEX else None
     for raw in io.BytesIO(data):
         number += 1
         size = len(raw)
@@ -304,9 +302,8 @@ def _rows_in(data: bytes, rng: Range, max_line_bytes: int, codec: LineCodec) -> 
                 yield too_long(index, number, name, size, max_line_bytes)
         elif not raw.strip():
             continue
-        elif index >= skip:  # a valid Vertex line at once; the rest worded by parse_line
-            yield (fast and fast(index, raw)) or parse_line(
-                index, raw, f"Line {number} of {name}", codec)
+        elif index >= skip:
+            yield parse_line(index, raw, number, name, codec)
         index += 1
     if index - rng.first_row != rng.rows:
         raise _changed(rng, index - rng.first_row)
