@@ -316,15 +316,14 @@ class ChunkedOutput:
         exists (a crash or an outage during the clean-up) only the chunks left are removed."""
         every = self.chunks()
         chunks = sorted(chunks, key=lambda c: c.first) if chunks is not None else self.written()
+        early, self.early = self.early, None
         if not storage.exists(self.predictions_uri):
-            if self.assembles_early:
-                self.assemble_early([])  # (started, if it was not)
-            early, self.early = self.early, None
+            if early is None and self.assembles_early:  # a driver that took over, or no commit
+                early = EarlyAssembly(self.incremental_dir)
             if early is None or not early.finish(chunks, self.predictions_uri):
                 storage.concat([chunk.uri for chunk in chunks], self.predictions_uri)
-        elif self.early is not None:
-            self.early.discard()
-            self.early = None
+        elif early is not None:
+            early.discard()
         # predictions.jsonl is whole: every chunk object goes (a lost worker's too)
         for chunk in reversed(every):
             storage.remove(chunk.uri)

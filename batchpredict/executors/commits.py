@@ -153,20 +153,20 @@ class Commits:
         """The committed chunks past `assembled` and without a gap from row 0, onto
         predictions.jsonl's temporary file (local output; blocking), so the end of the job only
         renames it."""
-        intervals, prefix = self.committed.intervals, self.committed.prefix
-        i = bisect.bisect_left(intervals, (self.assembled, -1))
-        chunks = []
-        while i < len(intervals) and intervals[i][0] < prefix:
-            first, last = intervals[i]
-            chunks.append(output.Chunk(first, last, self.out.chunk_uri(first, last)))
-            i += 1
-        self.out.assemble_early(chunks)
+        prefix = self.committed.prefix
+        self.out.assemble_early(self.chunks(self.assembled, prefix))
         self.assembled = prefix
 
-    def chunks(self) -> list[output.Chunk]:
-        """The committed chunks, in row order."""
-        return [output.Chunk(first, last, self.out.chunk_uri(first, last))
-                for first, last in self.committed.intervals]
+    def chunks(self, start: int = 0, end: int | None = None) -> list[output.Chunk]:
+        """The committed chunks, in row order; those starting in rows start..end-1."""
+        intervals = self.committed.intervals
+        i = bisect.bisect_left(intervals, (start, -1)) if start else 0
+        found = []
+        while i < len(intervals) and (end is None or intervals[i][0] < end):
+            first, last = intervals[i]
+            found.append(output.Chunk(first, last, self.out.chunk_uri(first, last)))
+            i += 1
+        return found
 
     def publish(self) -> None:
         """The committed rows past `published` and without a gap from row 0, into the output
