@@ -13,6 +13,7 @@ through the plugin kind to exercise the whole path without a model:
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from batchpredict.backends.base import Backend
@@ -54,3 +55,14 @@ class InstantTestDouble(Backend):
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         return [RESPONSE] * len(requests)
+
+
+class ProcessNamingTestDouble(InstantTestDouble):
+    """Answers as InstantTestDouble does, with `modelVersion` naming the process that answered
+    ("pid-1234"): a test reads from the output which processes ran its rows."""
+
+    async def generate(
+        self, requests: list[GenerateContentRequest]
+    ) -> list[dict[str, Any] | BatchPredictError]:
+        await super().generate(requests)
+        return [{**RESPONSE, "modelVersion": f"pid-{os.getpid()}"}] * len(requests)

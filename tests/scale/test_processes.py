@@ -121,3 +121,27 @@ async def test_a_worker_that_hangs_at_start_fails_the_job_at_the_deadline(store,
     assert done.state == S.JOB_STATE_FAILED
     assert "did not load model test-double within 2 s" in done.error["message"]
     assert processes_named(WORKER, children_of=os.getpid()) == []
+
+
+def test_the_cli_runs_a_job_on_worker_processes_by_flag_or_setting(run_cli, tmp_path) -> None:
+    """`batchpredict run --executor processes --workers 2`, and the same through
+    BATCHPREDICT_EXECUTOR and BATCHPREDICT_WORKERS: every row once, in order, answered by two
+    processes (on `local`, the CLI's one process would answer them all)."""
+    models = tmp_path / "models.toml"
+    models.write_text('[[models]]\nname = "pids"\nbackend = "python"\n'
+                      'class = "tests.doubles.instant:ProcessNamingTestDouble"\n'
+                      "[models.options]\nbatch_size = 4\n")
+    src = write_jsonl(tmp_path / "in.jsonl",
+                      [{"key": i, "request": text_request(f"row {i}")} for i in range(40)])
+    env = {"BATCHPREDICT_MODELS_FILE": str(models), "BATCHPREDICT_CHUNK_ROWS": "5"}
+    ways = {"flags": (["--executor", "processes", "--workers", "2"], {}),
+            "settings": ([], {"BATCHPREDICT_EXECUTOR": "processes", "BATCHPREDICT_WORKERS": "2"})}
+    for name, (flags, settings) in ways.items():
+        out = tmp_path / name
+        done = run_cli("run", str(src), "--output", str(out), "-m", "pids", "-q", *flags,
+                       env={**env, **settings})
+        assert done.returncode == 0, done.stderr
+        lines = assert_every_row_once_in_order(out, 40)
+        answered_by = {line["response"]["modelVersion"] for line in lines}
+        assert len(answered_by) == 2, (name, answered_by)
+    assert processes_named(WORKER, children_of=os.getpid()) == []
